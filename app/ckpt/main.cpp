@@ -1,0 +1,180 @@
+// ckpt: inspect checkpoints from the command line. Argument parsing only; the work is in ckptcore.
+
+#include "analysis/stats.h"
+#include "formats/open.h"
+#include "io/error.h"
+#include "report/report.h"
+
+#include <cstring>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr const char* kUsage = R"(Usage:
+  ckpt info  FILE [--json]                       format, counts, sizes, dtypes, devices, values, findings
+  ckpt ls    FILE [--filter GLOB] [--json]       one row per tensor
+  ckpt stats FILE [NAME...] [--bins N] [--json]  statistics and histogram per tensor
+  ckpt --help | --version
+
+Reads PyTorch checkpoints (torch.save zip and legacy formats, TorchScript archives) without running any code
+from them and without modifying them. Exit status: 0 on success, 2 on any error.
+)";
+
+struct Args {
+    std::string command;
+    std::string file;
+    std::vector<std::string> names;
+    std::string filter;
+    int bins = 32;
+    bool json = false;
+};
+
+[[noreturn]] void usageError(const std::string& what)
+{
+    std::cerr << "ckpt: " << what << "\n" << kUsage;
+    std::exit(2);
+}
+
+Args parse(int argc, char** argv)
+{
+    Args a;
+    std::vector<std::string> positional;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        auto value = [&](const char* opt) -> std::string {
+            if (i + 1 >= argc)
+                usageError(std::string(opt) + " needs a value");
+            return argv[++i];
+        };
+        if (arg == "--help" || arg == "-h") {
+            std::cout << kUsage;
+            std::exit(0);
+        } else if (arg == "--version") {
+            std::cout << "ckpt " CKPT_VERSION "\n";
+            std::exit(0);
+        } else if (arg == "--json") {
+            a.json = true;
+        } else if (arg == "--filter") {
+            a.filter = value("--filter");
+        } else if (arg == "--bins") {
+            const std::string v = value("--bins");
+            char* end = nullptr;
+            const long n = std::strtol(v.c_str(), &end, 10);
+            if (v.empty() || *end || n < 1 || n > 100000)
+                usageError("--bins needs a number between 1 and 100000");
+            a.bins = static_cast<int>(n);
+        } else if (arg == "--") {
+            for (++i; i < argc; ++i)
+                positional.emplace_back(argv[i]);
+        } else if (arg.size() > 1 && arg[0] == '-') {
+            usageError("unknown option " + arg);
+        } else {
+            positional.push_back(arg);
+        }
+    }
+    if (positional.empty())
+        usageError("no command given");
+    a.command = positional[0];
+    if (a.command != "info" && a.command != "ls" && a.command != "stats")
+        usageError("unknown command '" + a.command + "'");
+    if (positional.size() < 2)
+        usageError(a.command + " needs a FILE");
+    a.file = positional[1];
+    a.names.assign(positional.begin() + 2, positional.end());
+    if (!a.names.empty() && a.command != "stats")
+        usageError(a.command + " takes one FILE");
+    if (!a.filter.empty() && a.command != "ls")
+        usageError("--filter applies to ls");
+    return a;
+}
+
+// Every unreadable tensor is reported on stderr; the caller exits 2 when there were any.
+bool reportErrors(const ckpt::Checkpoint& ck, const std::string& file)
+{
+    bool any = false;
+    for (const auto& f : ck.findings) {
+        if (f.severity != ckpt::Severity::Error)
+            continue;
+        any = true;
+        std::cerr << "ckpt: " << file << ": ";
+        if (f.offset)
+            std::cerr << "at byte " << *f.offset << ": ";
+        if (!f.object.empty())
+            std::cerr << f.object << ": ";
+        std::cerr << f.message << '\n';
+    }
+    return any;
+}
+
+int run(const Args& a)
+{
+    const ckpt::CheckpointPtr ck = ckpt::openCheckpoint(a.file);
+    if (a.command == "info") {
+        if (a.json)
+            std::cout << ckpt::dumpJson(ckpt::infoJson(*ck, a.file)) << '\n';
+        else
+            ckpt::printInfo(std::cout, *ck, a.file);
+        return reportErrors(*ck, a.file) ? 2 : 0;
+    }
+    if (a.command == "ls") {
+        if (a.json)
+            std::cout << ckpt::dumpJson(ckpt::lsJson(*ck, a.file, a.filter)) << '\n';
+        else
+            ckpt::printLs(std::cout, *ck, a.filter);
+        return reportErrors(*ck, a.file) ? 2 : 0;
+    }
+    // stats
+    std::vector<const ckpt::TensorInfo*> selected;
+    if (a.names.empty()) {
+        for (const auto& t : ck->tensors)
+            selected.push_back(&t);
+    } else {
+        for (const auto& n : a.names) {
+            const ckpt::TensorInfo* t = ck->findTensor(n);
+            if (!t)
+                throw ckpt::Error(ckpt::ErrorCode::NotFound, "no tensor named '" + n + "'", a.file);
+            selected.push_back(t);
+        }
+    }
+    bool failed = false;
+    nlohmann::json out{{"file", a.file}, {"tensors", nlohmann::json::array()}};
+    for (const ckpt::TensorInfo* t : selected) {
+        try {
+            const auto stats = ckpt::computeStats(ck, *t, a.bins);
+            if (a.json)
+                out["tensors"].push_back(ckpt::statsJson(*t, *stats));
+            else
+                ckpt::printStats(std::cout, *t, *stats);
+        } catch (const ckpt::Error& e) {
+            failed = true;
+            std::cerr << "ckpt: " << e.withFile(a.file).what() << '\n';
+            if (a.json)
+                out["tensors"].push_back({{"name", t->name}, {"error", e.message()}});
+        }
+    }
+    if (a.json)
+        std::cout << ckpt::dumpJson(out) << '\n';
+    return failed ? 2 : 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    std::ios::sync_with_stdio(false);
+    const Args args = parse(argc, argv);
+    try {
+        return run(args);
+    } catch (const ckpt::Error& e) {
+        std::cout.flush();
+        std::cerr << "ckpt: " << e.withFile(args.file).what() << '\n';
+    } catch (const std::bad_alloc&) {
+        std::cerr << "ckpt: " << args.file << ": out of memory\n";
+    } catch (const std::exception& e) {
+        std::cerr << "ckpt: " << args.file << ": " << e.what() << '\n';
+    }
+    return 2;
+}

@@ -1,0 +1,61 @@
+#pragma once
+
+#include "model/checkpoint.h"
+
+#include <complex>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+namespace ckpt {
+
+// Called with (done, total); returning false cancels the work.
+using ProgressFn = std::function<bool(std::uint64_t done, std::uint64_t total)>;
+
+// Reads a tensor's elements from its mapped storage, converting every dtype to double: booleans as 0/1,
+// integers exactly, float16 / bfloat16 / float8 exactly, quantized values dequantized, complex values as
+// their magnitude (elementComplex() gives both parts). Only the bytes asked for are touched.
+class TensorReader {
+public:
+    // Throws Error when the tensor has no readable data (its `error`), or its file changed on disk.
+    TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor);
+
+    std::uint64_t numel() const { return m_numel; }
+    const TensorInfo& tensor() const { return m_tensor; }
+
+    // Element at a row-major logical index (0 <= index < numel()).
+    double element(std::uint64_t index) const;
+    std::complex<double> elementComplex(std::uint64_t index) const;
+
+    // Visits all elements in row-major order in chunks; fn returns false to stop. Returns false when stopped.
+    // Throws Error(Changed) if the file was truncated underneath the mapping.
+    bool forEachChunk(const std::function<bool(std::span<const double> values, std::uint64_t firstIndex)>& fn,
+                      std::size_t chunk = 16384) const;
+
+    // Entry point for the SIGBUS-guarded conversion; not for general use.
+    void convertJob(const std::uint8_t* src, std::int64_t strideBytes, std::size_t n, std::uint64_t firstIndex,
+                    double* out) const;
+
+private:
+    std::uint64_t byteOffsetOf(std::uint64_t index) const;
+    void convert(const std::uint8_t* src, std::int64_t strideBytes, std::size_t n, std::uint64_t firstIndex,
+                 double* out) const;
+
+    CheckpointPtr m_ck;
+    TensorInfo m_tensor;
+    const MappedFile* m_file = nullptr;
+    std::uint64_t m_base = 0; // absolute file offset of the storage's byte 0
+    std::uint64_t m_numel = 0;
+    bool m_swap = false;
+    std::vector<double> m_scales;       // per-channel quantization
+    std::vector<std::int64_t> m_zeroPoints;
+    std::uint64_t m_channelInner = 1;   // elements per step along the quantization axis
+};
+
+// Exact conversions of the narrow float formats, exposed for tests.
+double halfToDouble(std::uint16_t h);
+double bfloat16ToDouble(std::uint16_t b);
+double float8ToDouble(DType t, std::uint8_t b);
+
+} // namespace ckpt

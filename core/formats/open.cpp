@@ -1,0 +1,60 @@
+#include "open.h"
+
+#include "torchformats.h"
+
+#include "io/zipreader.h"
+
+#include <cstring>
+
+namespace ckpt {
+namespace {
+
+constexpr std::uint8_t kLegacyMagic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46,
+                                         0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e};
+
+std::string hexHead(std::span<const std::uint8_t> b)
+{
+    static const char* digits = "0123456789abcdef";
+    std::string out;
+    for (std::size_t i = 0; i < std::min<std::size_t>(b.size(), 8); ++i) {
+        if (i)
+            out += ' ';
+        out += digits[b[i] >> 4];
+        out += digits[b[i] & 15];
+    }
+    return out;
+}
+
+CheckpointPtr dispatch(std::shared_ptr<const MappedFile> file)
+{
+    const auto head = file->bytes();
+    const std::string& path = file->path();
+    if (head.empty())
+        throw Error(ErrorCode::Truncated, "file is empty", path);
+    if (ZipArchive::looksLikeZip(head))
+        return readTorchZip(file);
+    if (head.size() >= sizeof kLegacyMagic && std::memcmp(head.data(), kLegacyMagic, sizeof kLegacyMagic) == 0)
+        return readTorchLegacy(file);
+    if (head.size() >= 8 && std::memcmp(head.data(), "PYTORCH1", 8) == 0)
+        throw Error(ErrorCode::Unsupported, "file is an unsupported archive format from the PyTorch preview release",
+                    path, 0);
+    if (head.size() >= 262 && std::memcmp(head.data() + 257, "ustar", 5) == 0)
+        throw Error(ErrorCode::Unsupported, "PyTorch 0.1 tar checkpoints are not supported", path, 0);
+    if (head.size() >= 2 && head[0] == 0x80 && head[1] >= 2 && head[1] <= 5)
+        return readPlainPickle(file);
+    throw Error(ErrorCode::BadMagic, "not a recognised checkpoint format (first bytes: " + hexHead(head) + ")", path, 0);
+}
+
+} // namespace
+
+CheckpointPtr openCheckpoint(const std::string& path)
+{
+    return dispatch(MappedFile::open(path));
+}
+
+CheckpointPtr openCheckpointBuffer(const std::string& name, std::string bytes)
+{
+    return dispatch(MappedFile::fromBuffer(name, std::move(bytes)));
+}
+
+} // namespace ckpt

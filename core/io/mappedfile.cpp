@@ -1,0 +1,172 @@
+#include "mappedfile.h"
+
+#include "error.h"
+
+#include <cerrno>
+#include <csetjmp>
+#include <csignal>
+#include <cstring>
+#include <mutex>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace ckpt {
+namespace {
+
+thread_local sigjmp_buf* t_guard = nullptr;
+struct sigaction g_previousBus{};
+
+void onSigbus(int sig, siginfo_t* info, void* ctx)
+{
+    if (t_guard)
+        siglongjmp(*t_guard, 1);
+    // Not ours: hand over to whoever was installed before, or die as the default would.
+    if (g_previousBus.sa_flags & SA_SIGINFO) {
+        if (g_previousBus.sa_sigaction) {
+            g_previousBus.sa_sigaction(sig, info, ctx);
+            return;
+        }
+    } else if (g_previousBus.sa_handler != SIG_DFL && g_previousBus.sa_handler != SIG_IGN) {
+        g_previousBus.sa_handler(sig);
+        return;
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void installSigbusHandler()
+{
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa{};
+        sa.sa_sigaction = onSigbus;
+        sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGBUS, &sa, &g_previousBus);
+    });
+}
+
+std::int64_t mtimeNs(const struct stat& st)
+{
+    return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+}
+
+struct CopyJob {
+    void* dst;
+    const void* src;
+    std::size_t n;
+};
+
+void runCopy(void* ctx)
+{
+    auto* job = static_cast<CopyJob*>(ctx);
+    std::memcpy(job->dst, job->src, job->n);
+}
+
+} // namespace
+
+std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path)
+{
+    installSigbusHandler();
+    std::shared_ptr<MappedFile> f(new MappedFile);
+    f->m_path = path;
+    f->m_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (f->m_fd < 0)
+        throw Error(ErrorCode::Io, std::string("cannot open: ") + std::strerror(errno), path);
+    struct stat st{};
+    if (fstat(f->m_fd, &st) != 0)
+        throw Error(ErrorCode::Io, std::string("cannot stat: ") + std::strerror(errno), path);
+    if (S_ISDIR(st.st_mode))
+        throw Error(ErrorCode::Io, "is a directory", path);
+    if (!S_ISREG(st.st_mode))
+        throw Error(ErrorCode::Io, "not a regular file", path);
+    f->m_size = static_cast<std::uint64_t>(st.st_size);
+    f->m_inode = st.st_ino;
+    f->m_device = st.st_dev;
+    f->m_mtimeNs = mtimeNs(st);
+    if (f->m_size > 0) {
+        void* p = mmap(nullptr, f->m_size, PROT_READ, MAP_SHARED, f->m_fd, 0);
+        if (p == MAP_FAILED)
+            throw Error(ErrorCode::Io, std::string("cannot map: ") + std::strerror(errno), path);
+        f->m_data = static_cast<const std::uint8_t*>(p);
+        f->m_mapped = true;
+        // Metadata reads jump around; tensor reads are sequential and advise for themselves.
+        madvise(p, f->m_size, MADV_RANDOM);
+    }
+    return f;
+}
+
+std::shared_ptr<const MappedFile> MappedFile::fromBuffer(std::string name, std::string bytes)
+{
+    std::shared_ptr<MappedFile> f(new MappedFile);
+    f->m_path = std::move(name);
+    f->m_buffer = std::move(bytes);
+    f->m_data = reinterpret_cast<const std::uint8_t*>(f->m_buffer.data());
+    f->m_size = f->m_buffer.size();
+    return f;
+}
+
+MappedFile::~MappedFile()
+{
+    if (m_mapped)
+        munmap(const_cast<std::uint8_t*>(m_data), m_size);
+    if (m_fd >= 0)
+        ::close(m_fd);
+}
+
+bool MappedFile::changedOnDisk() const
+{
+    if (m_fd < 0)
+        return false;
+    struct stat open{}, now{};
+    if (fstat(m_fd, &open) != 0)
+        return true;
+    if (static_cast<std::uint64_t>(open.st_size) != m_size || mtimeNs(open) != m_mtimeNs)
+        return true;
+    // Replaced by rename: the path now names another file.
+    if (stat(m_path.c_str(), &now) != 0)
+        return true;
+    return now.st_ino != m_inode || now.st_dev != m_device;
+}
+
+void MappedFile::ensureReadable(std::uint64_t end) const
+{
+    if (m_fd < 0)
+        return;
+    struct stat st{};
+    if (fstat(m_fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < end)
+        throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it", m_path);
+}
+
+bool MappedFile::copyGuarded(std::uint64_t offset, std::size_t n, void* dst) const
+{
+    if (offset > m_size || n > m_size - offset)
+        return false;
+    if (!m_mapped) {
+        std::memcpy(dst, m_data + offset, n);
+        return true;
+    }
+    CopyJob job{dst, m_data + offset, n};
+    return runGuarded(runCopy, &job);
+}
+
+// Kept out of line and free of objects with destructors: siglongjmp may leave it at any instruction.
+__attribute__((noinline)) bool MappedFile::runGuarded(void (*fn)(void*), void* ctx)
+{
+    installSigbusHandler();
+    sigjmp_buf env;
+    sigjmp_buf* outer = t_guard;
+    if (sigsetjmp(env, 1) != 0) {
+        t_guard = outer;
+        return false;
+    }
+    t_guard = &env;
+    fn(ctx);
+    t_guard = outer;
+    return true;
+}
+
+} // namespace ckpt

@@ -1,0 +1,58 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace ckpt {
+
+// A whole file mapped read-only. Shared ownership: every span handed out from it is only valid while some
+// shared_ptr to the MappedFile lives, so views hold one.
+//
+// The file is opened O_RDONLY and mapped PROT_READ: it is never written. Files of any size (> 4 GiB) map in
+// one piece on 64-bit systems. If another process truncates the file while it is mapped, touching the lost
+// pages raises SIGBUS; bulk reads of tensor data therefore go through copyGuarded(), which turns that signal
+// into a clean failure, and changedOnDisk() tells whether the file still is what was opened.
+class MappedFile {
+public:
+    static std::shared_ptr<const MappedFile> open(const std::string& path);
+    // A private in-memory buffer presented as a file (decompressed records, tests, fuzzing).
+    static std::shared_ptr<const MappedFile> fromBuffer(std::string name, std::string bytes);
+
+    ~MappedFile();
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+
+    const std::string& path() const noexcept { return m_path; }
+    std::uint64_t size() const noexcept { return m_size; }
+    const std::uint8_t* data() const noexcept { return m_data; }
+    std::span<const std::uint8_t> bytes() const noexcept { return {m_data, static_cast<std::size_t>(m_size)}; }
+
+    // True when the file on disk no longer matches what was mapped: shrunk, replaced, or modified.
+    bool changedOnDisk() const;
+    // Throws Error(Changed) when the file shrank below `end` or was replaced.
+    void ensureReadable(std::uint64_t end) const;
+
+    // Copies [offset, offset + n) into dst. Returns false, instead of dying with SIGBUS, when the pages
+    // are gone because the file was truncated underneath the mapping.
+    bool copyGuarded(std::uint64_t offset, std::size_t n, void* dst) const;
+    // Runs fn(ctx), which reads from the mapping, and returns false instead of dying when a read hits pages
+    // lost to truncation. fn must not own objects with destructors: it may be left at any instruction.
+    static bool runGuarded(void (*fn)(void*), void* ctx);
+
+private:
+    MappedFile() = default;
+
+    std::string m_path;
+    const std::uint8_t* m_data = nullptr;
+    std::uint64_t m_size = 0;
+    bool m_mapped = false;
+    std::string m_buffer;
+    int m_fd = -1;
+    std::uint64_t m_inode = 0, m_device = 0;
+    std::int64_t m_mtimeNs = 0;
+};
+
+} // namespace ckpt

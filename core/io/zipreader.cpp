@@ -1,0 +1,297 @@
+#include "zipreader.h"
+
+#include "bytereader.h"
+#include "error.h"
+
+#include <algorithm>
+#include <cctype>
+#include <unordered_set>
+
+#include <zlib.h>
+
+namespace ckpt {
+namespace {
+
+constexpr std::uint32_t kLocalSig = 0x04034b50;
+constexpr std::uint32_t kCentralSig = 0x02014b50;
+constexpr std::uint32_t kEocdSig = 0x06054b50;
+constexpr std::uint32_t kZip64EocdSig = 0x06064b50;
+constexpr std::uint32_t kZip64LocatorSig = 0x07064b50;
+constexpr std::size_t kEocdSize = 22;
+constexpr std::size_t kCentralHeaderSize = 46;
+constexpr std::size_t kLocalHeaderSize = 30;
+constexpr std::uint64_t kMaxEntries = 10'000'000;
+
+std::string lowerAscii(std::string_view s)
+{
+    std::string out(s);
+    for (char& c : out)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+} // namespace
+
+ZipArchive::ZipArchive(std::shared_ptr<const MappedFile> file)
+    : ZipArchive(file, 0, file->size())
+{
+}
+
+ZipArchive::ZipArchive(std::shared_ptr<const MappedFile> file, std::uint64_t base, std::uint64_t length)
+    : m_file(std::move(file))
+    , m_base(base)
+    , m_length(length)
+{
+    if (m_base > m_file->size() || m_length > m_file->size() - m_base)
+        fail(ErrorCode::OutOfBounds, 0, "zip slice lies outside the file");
+    parse();
+}
+
+bool ZipArchive::looksLikeZip(std::span<const std::uint8_t> head)
+{
+    return head.size() >= 4 && head[0] == 'P' && head[1] == 'K' && head[2] == 3 && head[3] == 4;
+}
+
+void ZipArchive::fail(ErrorCode code, std::uint64_t offset, const std::string& what) const
+{
+    throw Error(code, what, m_file->path(), m_base + offset);
+}
+
+void ZipArchive::parse()
+{
+    const std::span<const std::uint8_t> all = m_file->bytes().subspan(m_base, m_length);
+    if (all.size() < kEocdSize)
+        fail(ErrorCode::Truncated, 0,
+             "zip archive is too short (" + std::to_string(all.size()) + " bytes) to hold an end-of-directory record");
+
+    // 1. EOCD: the last signature whose comment length reaches exactly to the end.
+    std::optional<std::size_t> eocd;
+    const std::size_t lowest = all.size() > kEocdSize + 0xFFFF ? all.size() - kEocdSize - 0xFFFF : 0;
+    for (std::size_t pos = all.size() - kEocdSize + 1; pos-- > lowest;) {
+        if (all[pos] == 0x50 && all[pos + 1] == 0x4b && all[pos + 2] == 5 && all[pos + 3] == 6) {
+            const std::size_t commentLen = all[pos + 20] | (all[pos + 21] << 8);
+            if (pos + kEocdSize + commentLen == all.size()) {
+                eocd = pos;
+                break;
+            }
+        }
+    }
+    if (!eocd)
+        fail(ErrorCode::Truncated, all.size(),
+             "no zip end-of-central-directory record: the file is truncated or not a zip archive");
+
+    ByteReader r(all, m_base, "zip end of central directory");
+    r.seek(*eocd + 4);
+    const std::uint16_t disk = r.u16le();
+    const std::uint16_t cdDisk = r.u16le();
+    r.u16le(); // entries on this disk
+    std::uint64_t count = r.u16le();
+    std::uint64_t cdSize = r.u32le();
+    std::uint64_t cdOffset = r.u32le();
+    std::uint64_t cdLimit = *eocd; // the directory must end before its EOCD
+
+    // 2. zip64: torch always writes it; required when any of the fields above saturated.
+    if (*eocd >= 20) {
+        ByteReader loc(all, m_base, "zip64 end-of-directory locator");
+        loc.seek(*eocd - 20);
+        if (loc.u32le() == kZip64LocatorSig) {
+            loc.u32le(); // disk with the zip64 EOCD
+            const std::uint64_t z64 = loc.u64le();
+            if (z64 > *eocd - 20 || *eocd - 20 - z64 < 56)
+                fail(ErrorCode::OutOfBounds, *eocd - 20, "zip64 end-of-directory offset " + std::to_string(z64) +
+                                                             " does not lie before its locator");
+            ByteReader z(all, m_base, "zip64 end of central directory");
+            z.seek(z64);
+            if (z.u32le() != kZip64EocdSig)
+                fail(ErrorCode::Malformed, z64, "zip64 end-of-directory record has a bad signature");
+            z.skip(8 + 2 + 2 + 4 + 4); // record size, versions, disk numbers
+            z.u64le();                 // entries on this disk
+            count = z.u64le();
+            cdSize = z.u64le();
+            cdOffset = z.u64le();
+            cdLimit = z64;
+        } else if (count == 0xFFFF || cdSize == 0xFFFFFFFF || cdOffset == 0xFFFFFFFF) {
+            fail(ErrorCode::Malformed, *eocd, "zip end-of-directory fields are saturated but there is no zip64 record");
+        }
+    }
+    if (disk != 0 || cdDisk != 0)
+        fail(ErrorCode::Unsupported, *eocd, "multi-volume zip archives are not supported");
+    if (cdOffset > cdLimit || cdSize > cdLimit - cdOffset)
+        fail(ErrorCode::OutOfBounds, *eocd, "central directory (offset " + std::to_string(cdOffset) + ", " +
+                                                std::to_string(cdSize) + " bytes) lies outside the archive");
+    if (count > kMaxEntries)
+        fail(ErrorCode::Limit, *eocd, "zip archive declares " + std::to_string(count) + " entries (limit " +
+                                          std::to_string(kMaxEntries) + ")");
+    if (count * kCentralHeaderSize > cdSize)
+        fail(ErrorCode::Malformed, *eocd, "central directory of " + std::to_string(cdSize) + " bytes cannot hold " +
+                                              std::to_string(count) + " entries");
+
+    // 3. Central directory.
+    ByteReader cd(all.subspan(cdOffset, cdSize), m_base + cdOffset, "zip central directory");
+    m_entries.reserve(count);
+    std::unordered_set<std::string> lowerNames;
+    for (std::uint64_t i = 0; i < count; ++i) {
+        const std::uint64_t at = cdOffset + cd.position();
+        if (cd.u32le() != kCentralSig)
+            fail(ErrorCode::Malformed, at, "central directory entry " + std::to_string(i) + " has a bad signature");
+        cd.skip(2 + 2);                  // made by, needed
+        const std::uint16_t flags = cd.u16le();
+        ZipEntry e;
+        e.method = cd.u16le();
+        cd.skip(4);                      // time, date
+        e.crc32 = cd.u32le();
+        e.compressedSize = cd.u32le();
+        e.uncompressedSize = cd.u32le();
+        const std::uint16_t nameLen = cd.u16le();
+        const std::uint16_t extraLen = cd.u16le();
+        const std::uint16_t commentLen = cd.u16le();
+        const std::uint16_t diskStart = cd.u16le();
+        cd.skip(2 + 4);                  // attributes
+        e.localHeaderOffset = cd.u32le();
+        e.name = std::string(cd.stringView(nameLen));
+        ByteReader extra(cd.bytes(extraLen), m_base + cdOffset + cd.position() - extraLen, "zip extra field");
+        cd.skip(commentLen);
+        while (extra.remaining() >= 4) {
+            const std::uint16_t id = extra.u16le();
+            const std::uint16_t len = extra.u16le();
+            ByteReader field(extra.bytes(len), 0, "zip64 extra field of '" + e.name + "'");
+            if (id != 0x0001)
+                continue;
+            if (e.uncompressedSize == 0xFFFFFFFF)
+                e.uncompressedSize = field.u64le();
+            if (e.compressedSize == 0xFFFFFFFF)
+                e.compressedSize = field.u64le();
+            if (e.localHeaderOffset == 0xFFFFFFFF)
+                e.localHeaderOffset = field.u64le();
+        }
+        if (e.name.empty() || e.name.find('\0') != std::string::npos)
+            fail(ErrorCode::Malformed, at, "zip entry " + std::to_string(i) + " has an empty or invalid name");
+        if (flags & 0x1)
+            e.problem = "entry is encrypted";
+        else if (diskStart != 0)
+            e.problem = "entry lives on another volume";
+        else if (e.method != 0 && e.method != 8)
+            e.problem = "compression method " + std::to_string(e.method) + " is not supported";
+        else if (e.method == 0 && e.compressedSize != e.uncompressedSize)
+            e.problem = "stored entry has compressed size " + std::to_string(e.compressedSize) +
+                        " but uncompressed size " + std::to_string(e.uncompressedSize);
+        if (!lowerNames.insert(lowerAscii(e.name)).second)
+            fail(ErrorCode::Malformed, at, "zip entry name '" + e.name + "' appears twice (names are compared "
+                                           "ignoring case, as PyTorch looks them up)");
+        m_entries.push_back(std::move(e));
+    }
+
+    // 4. Local headers and data extents.
+    for (ZipEntry& e : m_entries) {
+        if (!e.problem.empty())
+            continue;
+        if (e.localHeaderOffset > cdOffset || cdOffset - e.localHeaderOffset < kLocalHeaderSize) {
+            e.problem = "local header offset " + std::to_string(e.localHeaderOffset) + " lies outside the archive data";
+            continue;
+        }
+        ByteReader lh(all.subspan(e.localHeaderOffset, kLocalHeaderSize), m_base + e.localHeaderOffset,
+                      "zip local header of '" + e.name + "'");
+        if (lh.u32le() != kLocalSig) {
+            e.problem = "local header has a bad signature";
+            continue;
+        }
+        lh.skip(22);
+        const std::uint64_t nameLen = lh.u16le();
+        const std::uint64_t extraLen = lh.u16le();
+        const std::uint64_t nameAt = e.localHeaderOffset + kLocalHeaderSize;
+        if (nameAt + nameLen + extraLen > cdOffset) {
+            e.problem = "local header runs past the start of the central directory";
+            continue;
+        }
+        const std::string_view localName(reinterpret_cast<const char*>(all.data() + nameAt), nameLen);
+        if (localName != e.name) {
+            e.problem = "local header names '" + std::string(localName) + "' but the central directory names it '" +
+                        e.name + "'";
+            continue;
+        }
+        e.dataOffset = nameAt + nameLen + extraLen;
+        if (e.compressedSize > cdOffset - e.dataOffset) {
+            e.problem = "data (" + std::to_string(e.compressedSize) + " bytes at offset " +
+                        std::to_string(e.dataOffset) + ") runs past the end of the archive data";
+            continue;
+        }
+    }
+    // No two entries may share bytes: a crafted archive could otherwise alias one record into another.
+    std::vector<ZipEntry*> byOffset;
+    byOffset.reserve(m_entries.size());
+    for (ZipEntry& e : m_entries)
+        if (e.problem.empty())
+            byOffset.push_back(&e);
+    std::sort(byOffset.begin(), byOffset.end(),
+              [](const ZipEntry* a, const ZipEntry* b) { return a->localHeaderOffset < b->localHeaderOffset; });
+    for (std::size_t i = 1; i < byOffset.size(); ++i) {
+        ZipEntry* prev = byOffset[i - 1];
+        ZipEntry* cur = byOffset[i];
+        if (cur->localHeaderOffset < prev->dataOffset + prev->compressedSize) {
+            const std::string msg = "entries '" + prev->name + "' and '" + cur->name + "' overlap";
+            prev->problem = msg;
+            cur->problem = msg;
+        }
+    }
+    // Offsets were relative to the slice; make them absolute in the file.
+    for (ZipEntry& e : m_entries) {
+        e.localHeaderOffset += m_base;
+        if (e.problem.empty())
+            e.dataOffset += m_base;
+    }
+    m_index.reserve(m_entries.size());
+    for (std::size_t i = 0; i < m_entries.size(); ++i)
+        m_index.emplace(m_entries[i].name, i);
+}
+
+const ZipEntry* ZipArchive::find(std::string_view name) const
+{
+    const auto it = m_index.find(name);
+    return it == m_index.end() ? nullptr : &m_entries[it->second];
+}
+
+std::span<const std::uint8_t> ZipArchive::storedData(const ZipEntry& e) const
+{
+    if (!e.problem.empty())
+        throw Error(ErrorCode::Malformed, "zip entry '" + e.name + "': " + e.problem, m_file->path(),
+                    e.localHeaderOffset);
+    if (e.method != 0)
+        throw Error(ErrorCode::Unsupported, "zip entry '" + e.name + "' is compressed; only stored entries map in place",
+                    m_file->path(), e.localHeaderOffset);
+    return m_file->bytes().subspan(e.dataOffset, e.compressedSize);
+}
+
+std::string ZipArchive::read(const ZipEntry& e, std::uint64_t maxSize) const
+{
+    if (e.uncompressedSize > maxSize)
+        throw Error(ErrorCode::Limit,
+                    "zip entry '" + e.name + "' is " + std::to_string(e.uncompressedSize) + " bytes (limit " +
+                        std::to_string(maxSize) + ")",
+                    m_file->path(), e.localHeaderOffset);
+    if (e.method == 0) {
+        const auto span = storedData(e);
+        return std::string(reinterpret_cast<const char*>(span.data()), span.size());
+    }
+    if (!e.problem.empty())
+        throw Error(ErrorCode::Malformed, "zip entry '" + e.name + "': " + e.problem, m_file->path(),
+                    e.localHeaderOffset);
+    std::string out(e.uncompressedSize, '\0');
+    z_stream zs{};
+    if (inflateInit2(&zs, -MAX_WBITS) != Z_OK)
+        throw Error(ErrorCode::Io, "cannot initialise zlib", m_file->path());
+    zs.next_in = const_cast<Bytef*>(m_file->data() + e.dataOffset);
+    zs.avail_in = static_cast<uInt>(std::min<std::uint64_t>(e.compressedSize, 0xFFFFFFFFu));
+    zs.next_out = reinterpret_cast<Bytef*>(out.data());
+    zs.avail_out = static_cast<uInt>(out.size());
+    const int rc = inflate(&zs, Z_FINISH);
+    const std::uint64_t produced = zs.total_out;
+    inflateEnd(&zs);
+    if (rc != Z_STREAM_END || produced != e.uncompressedSize)
+        throw Error(ErrorCode::Malformed,
+                    "zip entry '" + e.name + "' does not inflate to its declared " +
+                        std::to_string(e.uncompressedSize) + " bytes",
+                    m_file->path(), e.dataOffset);
+    return out;
+}
+
+} // namespace ckpt
