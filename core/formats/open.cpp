@@ -9,8 +9,9 @@
 namespace ckpt {
 namespace {
 
-constexpr std::uint8_t kLegacyMagic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46,
-                                         0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e};
+// PROTO 2, LONG1 of 10 bytes: how the legacy format's magic number pickle starts. The number itself is
+// checked by the reader, so a damaged magic gets "invalid magic number" rather than "unknown format".
+constexpr std::uint8_t kLegacyMagic[] = {0x80, 0x02, 0x8a, 0x0a};
 
 std::string hexHead(std::span<const std::uint8_t> b)
 {

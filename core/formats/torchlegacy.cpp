@@ -120,6 +120,10 @@ std::shared_ptr<Checkpoint> readPlainPickle(std::shared_ptr<const MappedFile> fi
     try {
         Unpickler u(*ck->arena, hooks, file->bytes(), 0, "pickle");
         ck->root = u.load();
+        if (u.position() < file->size())
+            ck->findings.push_back({Severity::Warning,
+                                    std::to_string(file->size() - u.position()) + " bytes follow the end of the pickle",
+                                    {}, {}, u.position(), 0});
     } catch (const Error& e) {
         throw e.withFile(file->path());
     }

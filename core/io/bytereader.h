@@ -68,7 +68,7 @@ public:
         const void* nl = std::memchr(start, '\n', limit);
         if (!nl) {
             if (limit == remaining())
-                fail(ErrorCode::Truncated, "text line runs to the end of the data");
+                fail(ErrorCode::Truncated, "text line runs past the end of the data");
             fail(ErrorCode::Limit, "text line longer than " + std::to_string(maxLen) + " bytes");
         }
         const std::size_t n = static_cast<const std::uint8_t*>(nl) - start;

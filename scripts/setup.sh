@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what is missing (Debian 12, as root), builds, then runs the main job or the whole test suite.
+#   scripts/setup.sh run    build, then show the bundled sample checkpoint
+#   scripts/setup.sh test   build, then run every test through CTest
+set -euo pipefail
+mode=${1:-run}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+build_pkgs=(build-essential cmake ninja-build pkg-config zlib1g-dev nlohmann-json3-dev)
+test_pkgs=(qt6-base-dev python3-torch python3-numpy python3-torchvision)
+pkgs=("${build_pkgs[@]}")
+[ "$mode" = test ] && pkgs+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "Installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+jobs=$(nproc)
+case "$mode" in
+  run)
+    cmake --preset release >/dev/null
+    cmake --build build/release -j "$jobs"
+    exec build/release/app/ckpt info resources/sample/training_checkpoint.pt
+    ;;
+  test)
+    cmake --preset dev >/dev/null
+    cmake --build build/dev -j "$jobs"
+    ctest --test-dir build/dev --output-on-failure -j "$jobs" --timeout 3600
+    ;;
+  *)
+    echo "usage: $0 run|test" >&2
+    exit 2
+    ;;
+esac

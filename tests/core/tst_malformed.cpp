@@ -1,0 +1,177 @@
+// Malformed PyTorch files: each case a real torch.save file with one defect, and the message a user sees.
+
+#include "testutil.h"
+
+#include "analysis/stats.h"
+
+#include <QTest>
+
+#include <random>
+
+using namespace testutil;
+
+class TestMalformed : public QObject {
+    Q_OBJECT
+private Q_SLOTS:
+    void zipCases_data();
+    void zipCases();
+    void legacyCases_data();
+    void legacyCases();
+    void everyTruncationFails_data();
+    void everyTruncationFails();
+    void randomCorruptionNeverCrashes();
+};
+
+void TestMalformed::zipCases_data()
+{
+    QTest::addColumn<QByteArray>("bytes");
+    QTest::addColumn<QString>("expected");
+    const std::string good = readFile(dataPath("small.pt"));
+    auto row = [](const char* name, const std::string& b, const char* expected) {
+        QTest::newRow(name) << QByteArray(b.data(), static_cast<qsizetype>(b.size())) << QString(expected);
+    };
+    row("unmodified", good, "ok");
+    row("empty file", "", "t.pt: file is empty");
+    row("not a checkpoint", "hello world, this is text", "not a recognised checkpoint format (first bytes: 68 65 6c 6c");
+    row("preview format", "PYTORCH1 and some more bytes", "unsupported archive format from the PyTorch preview release");
+    row("truncated in the middle", good.substr(0, good.size() / 2), "no zip end-of-central-directory record");
+    row("truncated by one byte", good.substr(0, good.size() - 1), "no zip end-of-central-directory record");
+    {
+        std::string b = good;
+        putU64(b, b.find("PK\x06\x06") + 48, 0xFFFFFFFFFFull); // zip64 central directory offset
+        row("central directory out of bounds", b, "central directory (offset 1099511627775");
+    }
+    {
+        std::string b = good;
+        putU32(b, centralEntry(b, "small/data.pkl") + 42, 0x7FFFFFF0); // local header offset
+        row("data.pkl header out of bounds", b, "zip entry 'small/data.pkl': local header offset 2147483632 lies outside");
+    }
+    {
+        std::string b = good;
+        const std::size_t ce = centralEntry(b, "small/data/0");
+        putU32(b, ce + 20, 4);
+        putU32(b, ce + 24, 4);
+        row("storage larger than its record", b,
+            "w: storage '0' declares 48 bytes but its record 'small/data/0' holds only 4");
+    }
+    {
+        std::string b = good;
+        const std::size_t ce = centralEntry(b, "small/data/1");
+        putU32(b, ce + 20, 0x7FFFFFFF);
+        putU32(b, ce + 24, 0x7FFFFFFF);
+        row("storage record runs past the end", b, "storage record 'small/data/1': data (2147483647 bytes at offset");
+    }
+    row("storage record missing", replaceAll(good, "small/data/0", "small/data/X"),
+        "w: storage record 'small/data/0' referenced by the pickle does not exist");
+    row("duplicate entry names", replaceAll(good, "small/data/1", "small/data/0"), "zip entry name 'small/data/0' appears twice");
+    row("names differing only in case", replaceAll(good, "small/data/1", "small/DATA/0"), "appears twice (names are compared ignoring case");
+    row("no data.pkl", replaceAll(good, "small/data.pkl", "small/data.pkX"), "archive has no 'small/data.pkl' record");
+    row("entry outside a folder", replaceAll(good, "small/data.pkl", "smallXdata.pkl"), "file in archive is not in a subdirectory: 'smallXdata.pkl'");
+    {
+        std::string b = good;
+        const std::size_t dataStart = 30 + getU16(b, 26) + getU16(b, 28);
+        b[dataStart] = static_cast<char>(0xFF);
+        const std::string expected = "t.pt: at byte " + std::to_string(dataStart) + ": small/data.pkl: unknown pickle opcode 0xff";
+        row("bad pickle opcode", b, expected.c_str());
+    }
+    {
+        std::string b = good;
+        const std::size_t ce = centralEntry(b, "small/data.pkl");
+        putU32(b, ce + 20, 40);
+        putU32(b, ce + 24, 40);
+        row("pickle cut short", b, "small/data.pkl: text line runs past the end of the data");
+    }
+    {
+        std::string b = good;
+        const std::size_t ce0 = centralEntry(b, "small/data/0");
+        putU32(b, ce0 + 20, 48 + 100); // record 0 now reaches into record 1's header
+        putU32(b, ce0 + 24, 48 + 100);
+        row("overlapping entries", b, "entries 'small/data/0' and 'small/data/1' overlap");
+    }
+}
+
+void TestMalformed::zipCases()
+{
+    QFETCH(QByteArray, bytes);
+    QFETCH(QString, expected);
+    const std::string got = openOutcome("t.pt", bytes.toStdString());
+    if (expected == "ok")
+        QCOMPARE(QString::fromStdString(got), expected);
+    else
+        QVERIFY2(got.find(expected.toStdString()) != std::string::npos, ("got: " + got).c_str());
+}
+
+void TestMalformed::legacyCases_data()
+{
+    QTest::addColumn<QByteArray>("bytes");
+    QTest::addColumn<QString>("expected");
+    const std::string good = readFile(dataPath("small_legacy.pt"));
+    auto row = [](const char* name, const std::string& b, const char* expected) {
+        QTest::newRow(name) << QByteArray(b.data(), static_cast<qsizetype>(b.size())) << QString(expected);
+    };
+    row("unmodified", good, "ok");
+    row("cut inside the last storage", good.substr(0, good.size() - 3), "declares 8 bytes but the file holds only 5 more");
+    row("cut after the key list", good.substr(0, good.find("\x80\x02]q") + 2), "storage key list: needs 1 bytes");
+    {
+        std::string b = good;
+        b[4] ^= 0x01; // inside the magic number's LONG1
+        row("wrong magic number", b, "t.pt: at byte 0: invalid magic number; corrupt file?");
+    }
+    {
+        std::string b = good;
+        b[18] = static_cast<char>(0xEB); // protocol version 1001 -> 1003 (BININT2 low byte)
+        row("wrong protocol version", b, "invalid protocol version: 1003");
+    }
+}
+
+void TestMalformed::legacyCases()
+{
+    zipCases();
+}
+
+void TestMalformed::everyTruncationFails_data()
+{
+    QTest::addColumn<QString>("fixture");
+    QTest::newRow("zip") << "small.pt";
+    QTest::newRow("legacy") << "small_legacy.pt";
+    QTest::newRow("sample training checkpoint (sampled)") << "../../../resources/sample/training_checkpoint.pt";
+}
+
+void TestMalformed::everyTruncationFails()
+{
+    QFETCH(QString, fixture);
+    const std::string good = readFile(dataPath(fixture.toUtf8().constData()));
+    const std::size_t step = good.size() > 4096 ? good.size() / 1500 : 1;
+    for (std::size_t cut = 0; cut < good.size(); cut += step) {
+        const std::string got = openOutcome("t.pt", good.substr(0, cut));
+        QVERIFY2(got != "ok", ("truncation at " + std::to_string(cut) + " was not reported").c_str());
+    }
+}
+
+void TestMalformed::randomCorruptionNeverCrashes()
+{
+    // Flipped bytes may still give a readable file; what matters is a clean outcome every time.
+    std::mt19937 rng(12345);
+    for (const char* fixture : {"small.pt", "small_legacy.pt"}) {
+        const std::string good = readFile(dataPath(fixture));
+        for (int i = 0; i < 3000; ++i) {
+            std::string b = good;
+            const int flips = 1 + static_cast<int>(rng() % 4);
+            for (int f = 0; f < flips; ++f)
+                b[rng() % b.size()] ^= static_cast<char>(1u << (rng() % 8));
+            try {
+                const auto ck = ckpt::openCheckpointBuffer("t.pt", b);
+                for (const auto& t : ck->tensors) {
+                    try {
+                        ckpt::computeStats(ck, t, 8);
+                    } catch (const ckpt::Error&) {
+                    }
+                }
+            } catch (const ckpt::Error&) {
+            }
+        }
+    }
+}
+
+QTEST_GUILESS_MAIN(TestMalformed)
+#include "tst_malformed.moc"
