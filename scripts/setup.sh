@@ -8,7 +8,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 
 build_pkgs=(build-essential cmake ninja-build pkg-config zlib1g-dev nlohmann-json3-dev)
-test_pkgs=(qt6-base-dev python3-torch python3-numpy python3-torchvision)
+test_pkgs=(qt6-base-dev python3-torch python3-numpy python3-torchvision clang libclang-rt-14-dev)
 pkgs=("${build_pkgs[@]}")
 [ "$mode" = test ] && pkgs+=("${test_pkgs[@]}")
 
@@ -33,7 +33,13 @@ case "$mode" in
   test)
     cmake --preset dev >/dev/null
     cmake --build build/dev -j "$jobs"
-    ctest --test-dir build/dev --output-on-failure -j "$jobs" --timeout 3600
+    status=0
+    ctest --test-dir build/dev --output-on-failure -j "$jobs" --timeout 3600 || status=$?
+    # The parsers once more under libFuzzer, AddressSanitizer and UndefinedBehaviorSanitizer.
+    cmake --preset fuzz >/dev/null
+    cmake --build build/fuzz -j "$jobs"
+    ctest --test-dir build/fuzz --output-on-failure -j "$jobs" -L fuzz || status=$?
+    exit "$status"
     ;;
   *)
     echo "usage: $0 run|test" >&2

@@ -76,12 +76,14 @@ HistogramAccumulator::HistogramAccumulator(double lo, double hi, int bins)
     const auto n = static_cast<std::size_t>(std::max(bins, 1));
     m_hist.counts.assign(n, 0);
     m_hist.edges.resize(n + 1);
+    // A range wider than the largest double (-1e308..1e308) overflows hi - lo; work in halves there.
+    m_wide = !std::isfinite(hi - lo);
+    const double step = m_wide ? (hi / 2 - lo / 2) / static_cast<double>(n) * 2 : (hi - lo) / static_cast<double>(n);
     // numpy.linspace: start + i * step, the last edge exactly `hi`.
-    const double step = (hi - lo) / static_cast<double>(n);
     for (std::size_t i = 0; i <= n; ++i)
         m_hist.edges[i] = static_cast<double>(i) * step + lo;
     m_hist.edges[n] = hi;
-    m_norm = static_cast<double>(n) / (hi - lo);
+    m_norm = m_wide ? static_cast<double>(n) / (hi / 2 - lo / 2) : static_cast<double>(n) / (hi - lo);
 }
 
 void HistogramAccumulator::add(std::span<const double> values)
@@ -91,9 +93,10 @@ void HistogramAccumulator::add(std::span<const double> values)
     for (const double v : values) {
         if (!(v >= m_lo && v <= m_hi)) // NaN, Inf and out-of-range values are not binned
             continue;
-        auto i = static_cast<std::size_t>((v - m_lo) * m_norm);
-        if (i >= n)
-            i = n - 1;
+        double pos = m_wide ? (v / 2 - m_lo / 2) * m_norm : (v - m_lo) * m_norm;
+        if (!(pos >= 0))
+            pos = 0;
+        std::size_t i = pos >= static_cast<double>(n) ? n - 1 : static_cast<std::size_t>(pos);
         // The division can round across an edge; settle against the edges themselves, as NumPy does.
         if (v < e[i] && i > 0)
             --i;

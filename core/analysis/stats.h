@@ -46,6 +46,7 @@ public:
 private:
     Histogram m_hist;
     double m_lo, m_hi, m_norm;
+    bool m_wide = false;
 };
 
 // Two streaming passes over the tensor (moments, then histogram), progress over both; memory stays

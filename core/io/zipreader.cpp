@@ -14,7 +14,6 @@ namespace {
 
 constexpr std::uint32_t kLocalSig = 0x04034b50;
 constexpr std::uint32_t kCentralSig = 0x02014b50;
-constexpr std::uint32_t kEocdSig = 0x06054b50;
 constexpr std::uint32_t kZip64EocdSig = 0x06064b50;
 constexpr std::uint32_t kZip64LocatorSig = 0x07064b50;
 constexpr std::size_t kEocdSize = 22;

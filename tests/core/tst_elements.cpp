@@ -109,6 +109,11 @@ void TestElements::histogramMatchesNumpyBinning()
     same.add(w);
     QCOMPARE(same.histogram().edges, (std::vector<double>{1.5, 2, 2.5}));
     QCOMPARE(same.histogram().counts, (std::vector<std::uint64_t>{0, 2}));
+    // A range wider than the largest double (found by fuzzing): every value still lands in a bin.
+    HistogramAccumulator wide(-1e308, 1e308, 4);
+    const double x[] = {-1e308, -1, 1, 1e308};
+    wide.add(x);
+    QCOMPARE(wide.histogram().counts, (std::vector<std::uint64_t>{1, 1, 1, 1}));
 }
 
 void TestElements::elementAccess()
