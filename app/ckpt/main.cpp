@@ -5,6 +5,8 @@
 #include "io/error.h"
 #include "report/report.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <optional>
@@ -112,6 +114,8 @@ bool reportErrors(const ckpt::Checkpoint& ck, const std::string& file)
 int run(const Args& a)
 {
     const ckpt::CheckpointPtr ck = ckpt::openCheckpoint(a.file);
+    static ckpt::CheckpointPtr keepUntilExit; // freed by the process exit, not object by object
+    keepUntilExit = ck;
     if (a.command == "info") {
         if (a.json)
             std::cout << ckpt::dumpJson(ckpt::infoJson(*ck, a.file)) << '\n';
@@ -167,7 +171,11 @@ int main(int argc, char** argv)
     std::ios::sync_with_stdio(false);
     const Args args = parse(argc, argv);
     try {
-        return run(args);
+        const int status = run(args);
+        // The process is done: leave without tearing down a tree of millions of objects one by one.
+        std::cout.flush();
+        std::fflush(nullptr);
+        std::_Exit(status);
     } catch (const ckpt::Error& e) {
         std::cout.flush();
         std::cerr << "ckpt: " << e.withFile(args.file).what() << '\n';

@@ -131,7 +131,10 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
             m_channelInner *= static_cast<std::uint64_t>(m_tensor.shape[i]);
         const auto channels = static_cast<std::uint64_t>(m_tensor.shape[axis]);
         auto load = [&](int proto, auto& out) {
-            const TensorInfo& p = m_ck->prototypes.at(static_cast<std::size_t>(proto));
+            const auto found = m_ck->helperTensors.find(proto);
+            if (found == m_ck->helperTensors.end())
+                throw Error(ErrorCode::Malformed, "per-channel quantization parameters are missing", src.path, {}, m_tensor.name);
+            const TensorInfo& p = found->second;
             TensorReader r(m_ck, p);
             if (r.numel() != channels)
                 throw Error(ErrorCode::Malformed, "per-channel quantization parameters do not match the axis size",

@@ -57,12 +57,12 @@ std::shared_ptr<Checkpoint> readTorchLegacy(std::shared_ptr<const MappedFile> fi
         std::string streamError;
         for (const Value* k : keys->items) {
             const std::string key = k->kind == ValueKind::Int ? std::to_string(k->integer) : k->text;
-            const auto it = hooks.storageKeys().find(key);
-            if (it == hooks.storageKeys().end()) {
+            const int index = hooks.findStorage(key);
+            if (index < 0) {
                 streamError = "storage '" + key + "' is listed but never used, so its element size is unknown";
                 break;
             }
-            StorageInfo& s = ck->storages[static_cast<std::size_t>(it->second)];
+            StorageInfo& s = ck->storages[static_cast<std::size_t>(index)];
             const std::uint64_t at = in.absolutePosition();
             if (in.remaining() < 8) {
                 streamError = "file ends before storage '" + key + "' (at byte " + std::to_string(at) + ")";
@@ -87,20 +87,12 @@ std::shared_ptr<Checkpoint> readTorchLegacy(std::shared_ptr<const MappedFile> fi
             in.skip(static_cast<std::size_t>(bytes));
         }
         for (auto& s : ck->storages)
-            if (s.error.empty() && s.fileOffset == 0 && s.key.find('@') == std::string::npos)
+            if (s.error.empty() && s.fileOffset == 0 && s.viewOf < 0)
                 s.error = streamError.empty() ? "storage '" + s.key + "' is not in the storage list" : streamError;
-        for (auto& s : ck->storages)
-            if (const auto at = s.key.find('@'); at != std::string::npos && s.error.empty()) {
-                const auto root = hooks.storageKeys().find(s.key.substr(0, at));
-                if (root != hooks.storageKeys().end()) {
-                    const StorageInfo& r = ck->storages[static_cast<std::size_t>(root->second)];
-                    if (!r.error.empty())
-                        s.error = r.error;
-                    s.fileOffset += r.fileOffset;
-                }
-            }
+        resolveStorageViews(*ck);
         walkTree(*ck, hooks.globalFindings());
         checkTensorExtents(*ck);
+    compactPrototypes(*ck);
         if (!streamError.empty() && !ck->hasErrors())
             ck->findings.push_back({Severity::Error, streamError, {}, {}, in.absolutePosition(), 0});
     } catch (const Error& e) {
@@ -131,6 +123,7 @@ std::shared_ptr<Checkpoint> readPlainPickle(std::shared_ptr<const MappedFile> fi
         s.error = "a bare pickle holds no storage data";
     walkTree(*ck, hooks.globalFindings());
     checkTensorExtents(*ck);
+    compactPrototypes(*ck);
     return ck;
 }
 

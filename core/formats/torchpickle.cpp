@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <unordered_set>
@@ -112,6 +113,7 @@ bool isDangerousGlobal(std::string_view module, std::string_view name)
 TorchPickleHooks::TorchPickleHooks(Checkpoint& checkpoint)
     : m_ck(checkpoint)
 {
+    m_storageByKey.reserve(1024);
 }
 
 Value* TorchPickleHooks::global(ValueArena& arena, std::string_view module, std::string_view name,
@@ -119,7 +121,8 @@ Value* TorchPickleHooks::global(ValueArena& arena, std::string_view module, std:
 {
     Value* g = PickleHooks::global(arena, module, name, offset);
     const std::string m(module), n(name);
-    if (isPlainDataGlobal(m, n))
+    g->plainData = isPlainDataGlobal(m, n);
+    if (g->plainData)
         return g;
     const std::string qname = m + "." + n;
     g->dangerous = isDangerousGlobal(module, name);
@@ -137,10 +140,21 @@ Value* TorchPickleHooks::global(ValueArena& arena, std::string_view module, std:
     return g;
 }
 
+int TorchPickleHooks::findStorage(const std::string& key) const
+{
+    std::uint32_t number = 0;
+    const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), number);
+    if (ec == std::errc() && end == key.data() + key.size() && number < m_storageByNumber.size() &&
+        m_storageByNumber[number] >= 0 && std::to_string(number) == key)
+        return m_storageByNumber[number];
+    const auto it = m_storageByKey.find(m_namespace + key);
+    return it == m_storageByKey.end() ? -1 : it->second;
+}
+
 Value* TorchPickleHooks::makeTensor(ValueArena& arena, TensorInfo proto, std::uint64_t offset)
 {
     Value* t = arena.make(ValueKind::Tensor);
-    t->offset = offset;
+    (void)offset;
     t->integer = static_cast<std::int64_t>(m_ck.prototypes.size());
     proto.proto = static_cast<int>(m_ck.prototypes.size());
     m_ck.prototypes.push_back(std::move(proto));
@@ -202,15 +216,14 @@ Value* TorchPickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint
     if (key->kind != ValueKind::String && key->kind != ValueKind::Bytes && key->kind != ValueKind::Int)
         throw Error(ErrorCode::Malformed, "storage key is not a string", {}, offset);
     const std::string keyText = key->kind == ValueKind::Int ? std::to_string(key->integer) : key->text;
-    const std::string nsKey = m_namespace + keyText;
-    auto it = m_storageByKey.find(nsKey);
-    if (it == m_storageByKey.end()) {
+    int index = findStorage(keyText);
+    if (index < 0) {
         StorageInfo s;
         s.key = keyText;
         s.device = location->kind == ValueKind::String || location->kind == ValueKind::Bytes ? location->text : "?";
         std::optional<DType> dt;
         if (type->kind == ValueKind::Global)
-            dt = type->name == "UntypedStorage" ? std::optional<DType>(DType::UInt8) : dtypeFromStorageName(type->name);
+            dt = type->name() == "UntypedStorage" ? std::optional<DType>(DType::UInt8) : dtypeFromStorageName(type->name());
         if (!dt)
             throw Error(ErrorCode::Malformed, "storage '" + keyText + "' has unknown type " + valueRepr(type), {}, offset);
         s.dtype = *dt;
@@ -218,19 +231,32 @@ Value* TorchPickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint
             throw Error(ErrorCode::Malformed, "storage '" + keyText + "' has an invalid size", {}, offset);
         if (mulOverflow(static_cast<std::uint64_t>(numel->integer), dtypeSize(s.dtype), &s.nbytes))
             throw Error(ErrorCode::Malformed, "storage '" + keyText + "' size overflows 64 bits", {}, offset);
-        it = m_storageByKey.emplace(nsKey, static_cast<int>(m_ck.storages.size())).first;
+        s.space = m_space;
+        index = static_cast<int>(m_ck.storages.size());
         m_ck.storages.push_back(std::move(s));
+        std::uint32_t number = 0;
+        const auto [end, ec] = std::from_chars(keyText.data(), keyText.data() + keyText.size(), number);
+        if (ec == std::errc() && end == keyText.data() + keyText.size() && number < (1u << 24) &&
+            std::to_string(number) == keyText) {
+            if (number >= m_storageByNumber.size())
+                m_storageByNumber.resize(std::max<std::size_t>(number + 1, m_storageByNumber.size() * 2), -1);
+            m_storageByNumber[number] = index;
+        } else {
+            m_storageByKey.emplace(m_namespace + keyText, index);
+        }
     }
+    const int storageIndex = index;
+    if (pid->items.size() == 5)
+        arena.recycle(pid->items[2]); // the key text was copied; the tuple itself is recycled by the caller
     Value* v = arena.make(ValueKind::Storage);
-    v->integer = it->second;
-    v->offset = offset;
+    v->integer = storageIndex;
     // Legacy views: (view_key, offset, size) into the storage named by `key`.
     if (pid->items.size() >= 6 && pid->items[5]->kind == ValueKind::Tuple && pid->items[5]->items.size() == 3) {
         const Value* vk = pid->items[5]->items[0];
         const Value* vo = pid->items[5]->items[1];
         const Value* vs = pid->items[5]->items[2];
         if (isInt(vo) && isInt(vs) && vo->integer >= 0 && vs->integer >= 0) {
-            const StorageInfo root = m_ck.storages[static_cast<std::size_t>(it->second)];
+            const StorageInfo root = m_ck.storages[static_cast<std::size_t>(storageIndex)];
             StorageInfo view = root;
             (void)vk;
             const std::uint64_t el = dtypeSize(root.dtype);
@@ -240,7 +266,8 @@ Value* TorchPickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint
                 view.error = "storage view lies outside storage '" + root.key + "'";
             view.nbytes = vLen * el;
             view.fileOffset = vOff * el; // relative to the root until the container locates it
-            view.key = m_namespace + keyText + "@" + std::to_string(vOff * el);
+            view.key = keyText + "@" + std::to_string(vOff * el);
+            view.viewOf = storageIndex;
             v->integer = static_cast<std::int64_t>(m_ck.storages.size());
             m_ck.storages.push_back(std::move(view));
         }
@@ -258,12 +285,15 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
         Value* t = rebuildStrided(arena, a0, a1, arg(args, 2), arg(args, 3), std::nullopt, offset);
         if (const Value* rg = arg(args, 4); rg && rg->kind == ValueKind::Bool)
             m_ck.prototypes[static_cast<std::size_t>(t->integer)].requiresGrad = rg->boolean;
+        // Size, stride and hooks were copied into the tensor; nothing else can refer to them unless shared.
+        for (std::size_t i = 2; i < args->items.size(); ++i)
+            arena.recycle(args->items[i]);
         return t;
     }
     if (qname == "torch._utils._rebuild_tensor_v3") {
         std::optional<DType> dt;
         if (const Value* d = arg(args, 6); d && d->kind == ValueKind::Global)
-            dt = dtypeFromName(d->name);
+            dt = dtypeFromName(d->name());
         Value* t = rebuildStrided(arena, a0, a1, arg(args, 2), arg(args, 3), dt, offset);
         auto& p = m_ck.prototypes[static_cast<std::size_t>(t->integer)];
         if (!dt && p.error.empty())
@@ -292,7 +322,7 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
         auto& p = m_ck.prototypes[static_cast<std::size_t>(t->integer)];
         const Value* q = arg(args, 4);
         if (q && q->kind == ValueKind::Tuple && !q->items.empty() && q->items[0]->kind == ValueKind::Global) {
-            const std::string& scheme = q->items[0]->name;
+            const std::string scheme(q->items[0]->name());
             if ((scheme == "per_tensor_affine" || scheme == "per_tensor_symmetric") && q->items.size() >= 3) {
                 p.quant.scheme = QuantInfo::Scheme::PerTensorAffine;
                 p.quant.scale = q->items[1]->kind == ValueKind::Float ? q->items[1]->real
@@ -352,7 +382,7 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
                 t.typeName = a0->qualifiedName();
         }
         if (dt && dt->kind == ValueKind::Global)
-            if (auto d = dtypeFromName(dt->name))
+            if (auto d = dtypeFromName(dt->name()))
                 t.dtype = *d;
         if (isTuple(size))
             for (const Value* d : size->items)
@@ -450,12 +480,12 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
             return !v ? 0.0 : v->kind == ValueKind::Float ? v->real : static_cast<double>(v->integer);
         };
         c->real = num(a0);
-        c->imag = num(a1);
+        c->setImag(num(a1));
         return c;
     }
     if (qname == "torch.serialization._get_layout" && a0 && a0->kind == ValueKind::String)
         return arena.makeString(a0->text);
-    if (callable->text == "torch.jit._pickle") {
+    if (callable->module() == "torch.jit._pickle") {
         // build_intlist / build_tensorlist / restore_type_tag ...: the first argument is the value.
         if (a0)
             return const_cast<Value*>(a0);
@@ -499,7 +529,7 @@ Value* TorchPickleHooks::call(ValueArena& arena, Value* callable, Value* args, C
     if (callable && callable->kind == ValueKind::Global) {
         const std::string qname = callable->qualifiedName();
         bool handled = false;
-        if (isPlainDataGlobal(callable->text, callable->name)) {
+        if (callable->plainData) {
             Value* v = callKnown(arena, qname, callable, args, how, offset, &handled);
             if (handled)
                 return v;
@@ -530,11 +560,11 @@ Value* TorchPickleHooks::call(ValueArena& arena, Value* callable, Value* args, C
 void TorchPickleHooks::build(ValueArena& arena, Value* object, Value* state, std::uint64_t offset)
 {
     // Pre-0.4 tensors: a tensor class instantiated empty, then BUILD with (storage, offset, size, stride).
-    if (object->kind == ValueKind::Object && (object->text == "torch" || object->text == "torch.cuda") &&
-        dtypeFromTensorClassName(object->name) && state && state->kind == ValueKind::Tuple &&
+    if (object->kind == ValueKind::Object && (object->module() == "torch" || object->module() == "torch.cuda") &&
+        dtypeFromTensorClassName(object->name()) && state && state->kind == ValueKind::Tuple &&
         state->items.size() >= 4) {
         Value* t = rebuildStrided(arena, state->items[0], state->items[1], state->items[2], state->items[3],
-                                  dtypeFromTensorClassName(object->name), offset);
+                                  dtypeFromTensorClassName(object->name()), offset);
         object->kind = ValueKind::Tensor;
         object->integer = t->integer;
         return;
@@ -601,9 +631,16 @@ public:
         }
         switch (v->kind) {
         case ValueKind::Tensor: {
-            TensorInfo t = m_ck.prototypes[static_cast<std::size_t>(v->integer)];
-            t.name = path;
-            m_ck.tensors.push_back(std::move(t));
+            // Most tensors have one name: move the record; a second name (an alias) copies the first.
+            const auto p = static_cast<std::size_t>(v->integer);
+            int& first = m_ck.protoToTensor[p];
+            if (first < 0) {
+                first = static_cast<int>(m_ck.tensors.size());
+                m_ck.tensors.push_back(std::move(m_ck.prototypes[p]));
+            } else {
+                m_ck.tensors.push_back(m_ck.tensors[static_cast<std::size_t>(first)]);
+            }
+            m_ck.tensors.back().name = path;
             return;
         }
         case ValueKind::Dict:
@@ -713,6 +750,8 @@ void walkTree(Checkpoint& checkpoint, const std::unordered_map<std::string, std:
 {
     if (!checkpoint.root)
         return;
+    checkpoint.protoToTensor.assign(checkpoint.prototypes.size(), -1);
+    checkpoint.tensors.reserve(checkpoint.prototypes.size());
     Walker w(checkpoint, globalFindings);
     w.walk(checkpoint.root, "", 0);
 }
@@ -752,10 +791,50 @@ void checkTensorExtents(Checkpoint& ck)
                 ck.findings.push_back({Severity::Error, t.error, t.name, {}, s.fileOffset, s.source});
         }
     };
-    for (auto& p : ck.prototypes)
-        check(p, false);
+    for (std::size_t i = 0; i < ck.prototypes.size(); ++i)
+        if (i >= ck.protoToTensor.size() || ck.protoToTensor[i] < 0) // the others moved into `tensors`
+            check(ck.prototypes[i], false);
     for (auto& t : ck.tensors)
         check(t, true);
+}
+
+} // namespace ckpt
+
+namespace ckpt {
+
+void resolveStorageViews(Checkpoint& ck)
+{
+    for (auto& s : ck.storages) {
+        if (s.viewOf < 0)
+            continue;
+        const StorageInfo& root = ck.storages[static_cast<std::size_t>(s.viewOf)];
+        if (!root.error.empty())
+            s.error = root.error;
+        if (s.error.empty())
+            s.fileOffset += root.fileOffset;
+    }
+}
+
+const TensorInfo& prototype(const Checkpoint& ck, std::size_t index)
+{
+    if (index < ck.protoToTensor.size() && ck.protoToTensor[index] >= 0)
+        return ck.tensors[static_cast<std::size_t>(ck.protoToTensor[index])];
+    return ck.prototypes.at(index);
+}
+
+void compactPrototypes(Checkpoint& ck)
+{
+    std::map<int, TensorInfo> keep;
+    for (const auto& t : ck.tensors)
+        if (t.quant.scheme == QuantInfo::Scheme::PerChannelAffine)
+            for (int i : {t.quant.scalesTensor, t.quant.zeroPointsTensor})
+                if (i >= 0 && static_cast<std::size_t>(i) < ck.prototypes.size())
+                    keep.emplace(i, prototype(ck, static_cast<std::size_t>(i)));
+    ck.prototypes.clear();
+    ck.prototypes.shrink_to_fit();
+    ck.protoToTensor.clear();
+    ck.protoToTensor.shrink_to_fit();
+    ck.helperTensors = std::move(keep);
 }
 
 } // namespace ckpt

@@ -30,15 +30,22 @@ public:
     // `storageNamespace` keeps storages of different pickles of one archive apart (TorchScript constants).
     explicit TorchPickleHooks(Checkpoint& checkpoint);
 
-    void setStorageNamespace(std::string ns) { m_namespace = std::move(ns); }
+    // Storages of different pickles of one archive are kept apart (TorchScript constants: space 1).
+    void setStorageSpace(std::uint8_t space, std::string ns)
+    {
+        m_space = space;
+        m_namespace = std::move(ns);
+        m_storageByNumber.clear();
+    }
 
     Value* global(ValueArena& arena, std::string_view module, std::string_view name, std::uint64_t offset) override;
     Value* call(ValueArena& arena, Value* callable, Value* args, CallKind how, std::uint64_t offset) override;
     void build(ValueArena& arena, Value* object, Value* state, std::uint64_t offset) override;
     Value* persistentLoad(ValueArena& arena, Value* pid, std::uint64_t offset) override;
+    bool keepsPersistentId() const override { return false; }
 
-    // Storage index by namespaced key, for the container to locate their bytes.
-    const std::unordered_map<std::string, int>& storageKeys() const { return m_storageByKey; }
+    // Storage index for a key of the current namespace, or -1.
+    int findStorage(const std::string& key) const;
     // Finding index per global name, so the tree walk can say where each opaque object sits.
     const std::unordered_map<std::string, std::size_t>& globalFindings() const { return m_globalFindings; }
 
@@ -51,12 +58,24 @@ private:
 
     Checkpoint& m_ck;
     std::string m_namespace;
+    std::uint8_t m_space = 0;
     std::unordered_map<std::string, int> m_storageByKey;
+    std::vector<int> m_storageByNumber; // the usual keys "0", "1", ...: no hashing of strings
     std::unordered_map<std::string, std::size_t> m_globalFindings;
 };
 
 // Names tensors and collects values from checkpoint.root into checkpoint.tensors / checkpoint.values.
 void walkTree(Checkpoint& checkpoint, const std::unordered_map<std::string, std::size_t>& globalFindings);
+
+// Legacy storage views hold their offset relative to the storage they slice; make it absolute.
+void resolveStorageViews(Checkpoint& checkpoint);
+
+// A reconstructed tensor, wherever the tree walk moved it.
+const TensorInfo& prototype(const Checkpoint& checkpoint, std::size_t index);
+
+// Keeps only the reconstructed tensors that named tensors still need (per-channel quantization scales)
+// and frees the rest: every named tensor already holds its own copy.
+void compactPrototypes(Checkpoint& checkpoint);
 
 // After storages were located: check each tensor's extent against its storage, and give tensors whose
 // storage is unreadable that storage's error, reported once as an error finding.

@@ -82,6 +82,8 @@ std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file)
                        (bigEndian ? ", big-endian" : "");
 
     TorchPickleHooks hooks(*ck);
+    ck->storages.reserve(zip.entries().size());
+    ck->prototypes.reserve(zip.entries().size());
     auto unpickle = [&](const ZipEntry& e) -> Value* {
         std::string inflated;
         std::span<const std::uint8_t> bytes;
@@ -103,15 +105,16 @@ std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file)
     ck->root = unpickle(*pkl);
     const Value* constants = nullptr;
     if (torchscript) {
-        hooks.setStorageNamespace("constants/");
+        hooks.setStorageSpace(1, "constants/");
         constants = unpickle(*zip.find(prefix + "constants.pkl"));
     }
 
     // Locate each storage's record.
-    for (const auto& [nsKey, index] : hooks.storageKeys()) {
-        StorageInfo& s = ck->storages[static_cast<std::size_t>(index)];
+    for (auto& s : ck->storages) {
         s.bigEndian = bigEndian;
-        const std::string record = prefix + (nsKey.starts_with("constants/") ? nsKey : "data/" + nsKey);
+        if (s.viewOf >= 0)
+            continue;
+        const std::string record = prefix + (s.space == 1 ? "constants/" : "data/") + s.key;
         const ZipEntry* e = zip.find(record);
         if (!e) {
             s.error = "storage record '" + record + "' referenced by the pickle does not exist";
@@ -130,25 +133,20 @@ std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file)
             s.error = "storage '" + s.key + "' declares " + std::to_string(s.nbytes) + " bytes but its record '" +
                       record + "' holds only " + std::to_string(e->uncompressedSize);
     }
-    // Legacy-style storage views keep their offset relative to the root; make them absolute.
-    for (auto& s : ck->storages)
-        if (const auto at = s.key.find('@'); at != std::string::npos && s.error.empty()) {
-            const auto root = hooks.storageKeys().find(s.key.substr(0, at));
-            if (root != hooks.storageKeys().end())
-                s.fileOffset += ck->storages[static_cast<std::size_t>(root->second)].fileOffset;
-        }
+    resolveStorageViews(*ck);
 
     walkTree(*ck, hooks.globalFindings());
     if (constants && !constants->items.empty()) {
         // TorchScript constants: a tuple; tensors among them get names of their own.
         for (std::size_t i = 0; i < constants->items.size(); ++i)
             if (constants->items[i]->kind == ValueKind::Tensor) {
-                TensorInfo t = ck->prototypes[static_cast<std::size_t>(constants->items[i]->integer)];
+                TensorInfo t = prototype(*ck, static_cast<std::size_t>(constants->items[i]->integer));
                 t.name = "__constants__." + std::to_string(i);
                 ck->tensors.push_back(std::move(t));
             }
     }
     checkTensorExtents(*ck);
+    compactPrototypes(*ck);
 
     // Members that are not tensor data: TorchScript code and debug info, extra files.
     for (const auto& e : zip.entries()) {

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <unordered_set>
 
 #include <zlib.h>
 
@@ -20,14 +19,6 @@ constexpr std::size_t kEocdSize = 22;
 constexpr std::size_t kCentralHeaderSize = 46;
 constexpr std::size_t kLocalHeaderSize = 30;
 constexpr std::uint64_t kMaxEntries = 10'000'000;
-
-std::string lowerAscii(std::string_view s)
-{
-    std::string out(s);
-    for (char& c : out)
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return out;
-}
 
 } // namespace
 
@@ -128,7 +119,6 @@ void ZipArchive::parse()
     // 3. Central directory.
     ByteReader cd(all.subspan(cdOffset, cdSize), m_base + cdOffset, "zip central directory");
     m_entries.reserve(count);
-    std::unordered_set<std::string> lowerNames;
     for (std::uint64_t i = 0; i < count; ++i) {
         const std::uint64_t at = cdOffset + cd.position();
         if (cd.u32le() != kCentralSig)
@@ -174,9 +164,6 @@ void ZipArchive::parse()
         else if (e.method == 0 && e.compressedSize != e.uncompressedSize)
             e.problem = "stored entry has compressed size " + std::to_string(e.compressedSize) +
                         " but uncompressed size " + std::to_string(e.uncompressedSize);
-        if (!lowerNames.insert(lowerAscii(e.name)).second)
-            fail(ErrorCode::Malformed, at, "zip entry name '" + e.name + "' appears twice (names are compared "
-                                           "ignoring case, as PyTorch looks them up)");
         m_entries.push_back(std::move(e));
     }
 
@@ -238,15 +225,34 @@ void ZipArchive::parse()
         if (e.problem.empty())
             e.dataOffset += m_base;
     }
-    m_index.reserve(m_entries.size());
+    // Sorted index for lookups; duplicates, also ignoring ASCII case as PyTorch's lookup does, are refused.
+    m_index.resize(m_entries.size());
     for (std::size_t i = 0; i < m_entries.size(); ++i)
-        m_index.emplace(m_entries[i].name, i);
+        m_index[i] = static_cast<std::uint32_t>(i);
+    auto fold = [](unsigned char c) { return c >= 'A' && c <= 'Z' ? c | 0x20 : c; }; // ASCII only, as miniz
+    auto lowerLess = [&](unsigned char a, unsigned char b) { return fold(a) < fold(b); };
+    auto caseLess = [&](std::uint32_t a, std::uint32_t b) {
+        const std::string& x = m_entries[a].name;
+        const std::string& y = m_entries[b].name;
+        return std::lexicographical_compare(x.begin(), x.end(), y.begin(), y.end(), lowerLess);
+    };
+    std::sort(m_index.begin(), m_index.end(), caseLess);
+    for (std::size_t i = 1; i < m_index.size(); ++i)
+        if (!caseLess(m_index[i - 1], m_index[i])) {
+            const ZipEntry& e = m_entries[std::max(m_index[i - 1], m_index[i])];
+            fail(ErrorCode::Malformed, e.localHeaderOffset - m_base,
+                 "zip entry name '" + e.name + "' appears twice (names are compared ignoring case, as PyTorch looks "
+                                               "them up)");
+        }
+    std::sort(m_index.begin(), m_index.end(),
+              [&](std::uint32_t a, std::uint32_t b) { return m_entries[a].name < m_entries[b].name; });
 }
 
 const ZipEntry* ZipArchive::find(std::string_view name) const
 {
-    const auto it = m_index.find(name);
-    return it == m_index.end() ? nullptr : &m_entries[it->second];
+    const auto it = std::lower_bound(m_index.begin(), m_index.end(), name,
+                                     [&](std::uint32_t i, std::string_view n) { return m_entries[i].name < n; });
+    return it != m_index.end() && m_entries[*it].name == name ? &m_entries[*it] : nullptr;
 }
 
 std::span<const std::uint8_t> ZipArchive::storedData(const ZipEntry& e) const

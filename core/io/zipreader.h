@@ -24,7 +24,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 namespace ckpt {
@@ -66,7 +65,7 @@ private:
     std::uint64_t m_base = 0;
     std::uint64_t m_length = 0;
     std::vector<ZipEntry> m_entries;
-    std::unordered_map<std::string_view, std::size_t> m_index;
+    std::vector<std::uint32_t> m_index; // entries sorted by name
 };
 
 } // namespace ckpt

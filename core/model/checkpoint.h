@@ -6,6 +6,7 @@
 #include "pickle/value.h"
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,6 +42,8 @@ struct StorageInfo {
     std::uint64_t fileOffset = 0; // absolute offset of byte 0 in its file
     bool bigEndian = false;
     std::string error;        // set when the bytes cannot be read (missing record, too short, compressed)
+    std::uint8_t space = 0;   // which pickle of an archive named it (TorchScript: 0 data.pkl, 1 constants.pkl)
+    int viewOf = -1;          // legacy storage views: the storage this one is a slice of
 };
 
 enum class Layout : std::uint8_t { Strided, SparseCoo, SparseCsr, Meta };
@@ -95,7 +98,9 @@ struct Checkpoint {
     std::shared_ptr<ValueArena> arena;
     const Value* root = nullptr;
     std::vector<TensorInfo> tensors;      // one per name, in file order
-    std::vector<TensorInfo> prototypes;   // reconstructed tensor objects (quantization helper tensors live here)
+    std::vector<TensorInfo> prototypes;   // reconstructed tensor objects, while reading
+    std::vector<int> protoToTensor;       // while reading: the first named tensor each prototype became
+    std::map<int, TensorInfo> helperTensors; // tensors that others need but that have no name (quantization scales)
     std::vector<StorageInfo> storages;
     std::vector<NamedValue> values;
     std::vector<Record> records;

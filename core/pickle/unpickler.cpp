@@ -92,9 +92,8 @@ std::pair<std::string, std::string> normalizeGlobal(std::string_view module, std
 Value* PickleHooks::global(ValueArena& arena, std::string_view module, std::string_view name, std::uint64_t offset)
 {
     Value* g = arena.make(ValueKind::Global);
-    g->text = module;
-    g->name = name;
-    g->offset = offset;
+    g->setQualified(module, name);
+    (void)offset;
     return g;
 }
 
@@ -102,14 +101,13 @@ Value* PickleHooks::call(ValueArena& arena, Value* callable, Value* args, CallKi
 {
     Value* obj = arena.make(ValueKind::Object);
     obj->call = how;
-    obj->offset = offset;
+    (void)offset;
     if (callable && callable->kind == ValueKind::Global) {
         obj->text = callable->text;
-        obj->name = callable->name;
+        obj->split = callable->split;
         obj->dangerous = callable->dangerous;
     } else {
-        obj->text = "?";
-        obj->name = callable ? valueKindName(callable->kind) : "?";
+        obj->setQualified("?", callable ? valueKindName(callable->kind) : "?");
     }
     if (args)
         obj->items = args->items;
@@ -126,9 +124,8 @@ void PickleHooks::build(ValueArena&, Value* object, Value* state, std::uint64_t)
 Value* PickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint64_t offset)
 {
     Value* obj = arena.make(ValueKind::Object);
-    obj->text = "pickle";
-    obj->name = "persistent_id";
-    obj->offset = offset;
+    obj->setQualified("pickle", "persistent_id");
+    (void)offset;
     obj->items.push_back(pid);
     return obj;
 }
@@ -186,16 +183,28 @@ std::vector<Value*> Unpickler::popMark()
 
 void Unpickler::memoPut(std::uint64_t index, Value* v)
 {
-    if (m_memo.size() >= m_limits.maxMemo && !m_memo.count(index))
+    if (m_memoCount >= m_limits.maxMemo)
         throw Error(ErrorCode::Limit, "pickle memo larger than " + std::to_string(m_limits.maxMemo) + " entries", {},
                     m_opOffset);
-    m_memo[index] = v;
+    if (index < m_memo.size() + 65536) {
+        if (index >= m_memo.size())
+            m_memo.resize(index + 1, nullptr);
+        m_memoCount += m_memo[index] == nullptr;
+        m_memo[index] = v;
+        v->shared = true;
+        return;
+    }
+    m_memoCount += m_sparseMemo.emplace(index, v).second;
+    m_sparseMemo[index] = v;
+    v->shared = true;
 }
 
 Value* Unpickler::memoGet(std::uint64_t index)
 {
-    const auto it = m_memo.find(index);
-    if (it == m_memo.end())
+    if (index < m_memo.size() && m_memo[index])
+        return m_memo[index];
+    const auto it = m_sparseMemo.find(index);
+    if (it == m_sparseMemo.end())
         fail("memo index " + std::to_string(index) + " was never stored");
     return it->second;
 }
@@ -269,7 +278,10 @@ Value* Unpickler::load()
             break;
         case '0': pop(); break;      // POP
         case '1': popMark(); break;  // POP_MARK
-        case '2': push(top()); break; // DUP
+        case '2': // DUP
+            top()->shared = true;
+            push(top());
+            break;
 
         case 'N': push(m_arena.none()); break;
         case 0x88: push(m_arena.boolean(true)); break;
@@ -372,7 +384,7 @@ Value* Unpickler::load()
             break;
         }
 
-        case ')': push(m_arena.make(ValueKind::Tuple)); break;
+        case ')': push(m_arena.emptyTuple()); break;
         case 0x85: {
             Value* a = pop();
             push(asTuple({a}));
@@ -471,7 +483,7 @@ Value* Unpickler::load()
         }
         case 'q': memoPut(m_in.u8(), top()); break;
         case 'r': memoPut(m_in.u32le(), top()); break;
-        case 0x94: memoPut(m_memo.size(), top()); break; // MEMOIZE
+        case 0x94: memoPut(m_memoCount, top()); break; // MEMOIZE
         case 'g': {                                      // GET (protocol 0)
             std::int64_t idx = 0;
             if (!parseInt64(m_in.line(kMaxLine), &idx) || idx < 0)
@@ -502,6 +514,7 @@ Value* Unpickler::load()
             if (args->kind != ValueKind::Tuple)
                 fail(std::string("REDUCE arguments are a ") + valueKindName(args->kind) + ", not a tuple");
             push(m_hooks.call(m_arena, callable, args, CallKind::Reduce, m_opOffset));
+            m_arena.recycle(args); // hooks copy what they keep of the argument tuple, never the tuple
             break;
         }
         case 0x81: { // NEWOBJ
@@ -510,6 +523,7 @@ Value* Unpickler::load()
             if (args->kind != ValueKind::Tuple)
                 fail("NEWOBJ arguments are not a tuple");
             push(m_hooks.call(m_arena, cls, args, CallKind::NewObj, m_opOffset));
+            m_arena.recycle(args);
             break;
         }
         case 0x92: { // NEWOBJ_EX
@@ -550,6 +564,8 @@ Value* Unpickler::load()
         case 'Q': { // BINPERSID
             Value* pid = pop();
             push(m_hooks.persistentLoad(m_arena, pid, m_opOffset));
+            if (!m_hooks.keepsPersistentId())
+                m_arena.recycle(pid);
             break;
         }
         case 'P': { // PERSID (protocol 0)

@@ -45,6 +45,8 @@ public:
     virtual Value* call(ValueArena& arena, Value* callable, Value* args, CallKind how, std::uint64_t offset);
     virtual void build(ValueArena& arena, Value* object, Value* state, std::uint64_t offset);
     virtual Value* persistentLoad(ValueArena& arena, Value* pid, std::uint64_t offset);
+    // Whether persistentLoad's result may refer to the id tuple itself (else the tuple is recycled).
+    virtual bool keepsPersistentId() const { return true; }
 };
 
 class Unpickler {
@@ -76,7 +78,11 @@ private:
     UnpicklerLimits m_limits;
     std::vector<Value*> m_stack;
     std::vector<std::size_t> m_marks;
-    std::unordered_map<std::uint64_t, Value*> m_memo;
+    // Pickles number memo slots densely from 0, so a vector serves; far-off indices go to a map so that a
+    // hostile index cannot make the vector huge.
+    std::vector<Value*> m_memo;
+    std::unordered_map<std::uint64_t, Value*> m_sparseMemo;
+    std::size_t m_memoCount = 0;
     std::uint64_t m_opOffset = 0;
     std::size_t m_valuesAtStart = 0;
 };

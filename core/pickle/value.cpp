@@ -9,6 +9,7 @@ namespace ckpt {
 ValueArena::ValueArena()
 {
     m_none = make(ValueKind::None);
+    m_emptyTuple = make(ValueKind::Tuple);
     m_true = make(ValueKind::Bool);
     m_true->boolean = true;
     m_false = make(ValueKind::Bool);
@@ -18,10 +19,34 @@ ValueArena::ValueArena()
         v->integer = i;
         m_smallInts.push_back(v);
     }
+    for (Value* v : {m_none, m_emptyTuple, m_true, m_false})
+        v->shared = true;
+    for (Value* v : m_smallInts)
+        v->shared = true;
+}
+
+void ValueArena::recycle(Value* v)
+{
+    if (v->shared)
+        return;
+    v->text.clear();
+    v->items.clear();
+    m_free.push_back(v);
 }
 
 Value* ValueArena::make(ValueKind kind)
 {
+    if (!m_free.empty()) {
+        Value* v = m_free.back();
+        m_free.pop_back();
+        std::string text = std::move(v->text); // keep the buffers, reset everything else
+        std::vector<Value*> items = std::move(v->items);
+        *v = Value{};
+        v->text = std::move(text);
+        v->items = std::move(items);
+        v->kind = kind;
+        return v;
+    }
     Value& v = m_values.emplace_back();
     v.kind = kind;
     return &v;
@@ -41,6 +66,17 @@ Value* ValueArena::makeString(std::string_view s)
     Value* out = make(ValueKind::String);
     out->text = s;
     return out;
+}
+
+void Value::setQualified(std::string_view module, std::string_view name)
+{
+    // Names come from GLOBAL lines (capped at 4 KiB) or STACK_GLOBAL strings; keep the split in range.
+    module = module.substr(0, 0xFFFF);
+    split = static_cast<std::uint16_t>(module.size());
+    text.reserve(module.size() + 1 + name.size());
+    text.assign(module);
+    text += '.';
+    text += name;
 }
 
 const char* valueKindName(ValueKind kind)
@@ -102,7 +138,7 @@ void repr(const Value* v, std::string& out, std::size_t maxLen, int depth)
     case ValueKind::Int: out += std::to_string(v->integer); return;
     case ValueKind::BigInt: out += v->text; return;
     case ValueKind::Float: out += formatDouble(v->real); return;
-    case ValueKind::Complex: out += "(" + formatDouble(v->real) + (v->imag < 0 ? "" : "+") + formatDouble(v->imag) + "j)"; return;
+    case ValueKind::Complex: out += "(" + formatDouble(v->real) + (v->imag() < 0 ? "" : "+") + formatDouble(v->imag()) + "j)"; return;
     case ValueKind::String:
         out += "'";
         out += v->text.substr(0, maxLen);

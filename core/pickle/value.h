@@ -1,5 +1,6 @@
 #pragma once
 
+#include <bit>
 #include <cstdint>
 #include <deque>
 #include <string>
@@ -36,24 +37,34 @@ enum class CallKind : std::uint8_t { None, Reduce, NewObj, Inst, Obj };
 struct Value {
     ValueKind kind = ValueKind::None;
     CallKind call = CallKind::None;
-    bool boolean = false;
-    bool isOrderedDict = false;
-    bool isFrozen = false;       // frozenset
-    bool dangerous = false;      // a Global / Object whose callable is a known code-execution gadget
+    bool boolean : 1 = false;
+    bool isOrderedDict : 1 = false;
+    bool isFrozen : 1 = false;   // frozenset
+    bool dangerous : 1 = false;  // a Global / Object whose callable is a known code-execution gadget
+    bool plainData : 1 = false;  // a Global on the allow-list of data constructors
+    bool shared : 1 = false;     // memoized, duplicated or interned: may be referenced from several places
+    std::uint16_t split = 0;     // Global / Object: length of the module part of `text`
     std::int64_t integer = 0;    // Int; Tensor / Storage index
-    double real = 0, imag = 0;   // Float, Complex
-    std::string text;            // String, Bytes, BigInt digits, Global / Object module
-    std::string name;            // Global / Object attribute name
+    double real = 0;             // Float; Complex real part (imaginary part in imag())
+    std::string text;            // String, Bytes, BigInt digits; Global / Object: "module.name"
     std::vector<Value*> items;   // List, Tuple, Set, Dict pairs, Object arguments
     Value* state = nullptr;      // Object: BUILD state
-    std::uint64_t offset = 0;    // byte offset of the opcode that produced it
 
     bool isContainer() const
     {
         return kind == ValueKind::List || kind == ValueKind::Tuple || kind == ValueKind::Dict ||
                kind == ValueKind::Set;
     }
-    std::string qualifiedName() const { return text + "." + name; }
+    // Global / Object naming. A Value is 88 bytes: checkpoints hold millions of them.
+    void setQualified(std::string_view module, std::string_view name);
+    std::string_view module() const { return std::string_view(text).substr(0, split); }
+    std::string_view name() const
+    {
+        return split < text.size() ? std::string_view(text).substr(split + 1u) : std::string_view();
+    }
+    const std::string& qualifiedName() const { return text; }
+    double imag() const { return std::bit_cast<double>(integer); }
+    void setImag(double v) { integer = std::bit_cast<std::int64_t>(v); }
 };
 
 class ValueArena {
@@ -63,12 +74,17 @@ public:
     Value* makeInt(std::int64_t v);
     Value* makeString(std::string_view s);
     Value* none() const { return m_none; }
+    Value* emptyTuple() const { return m_emptyTuple; }
+    // Hands back a value nothing refers to any more (a call's argument tuple), for make() to reuse.
+    void recycle(Value* v);
     Value* boolean(bool b) const { return b ? m_true : m_false; }
     std::size_t count() const { return m_values.size(); }
 
 private:
     std::deque<Value> m_values;
+    std::vector<Value*> m_free;
     Value* m_none;
+    Value* m_emptyTuple;
     Value* m_true;
     Value* m_false;
     std::vector<Value*> m_smallInts; // shared instances of 0..255, the bulk of any checkpoint's integers

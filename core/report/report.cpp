@@ -1,5 +1,6 @@
 #include "report.h"
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <fnmatch.h>
@@ -10,12 +11,6 @@
 
 namespace ckpt {
 namespace {
-
-std::string firstComponent(const std::string& name)
-{
-    const auto dot = name.find('.');
-    return dot == std::string::npos ? name : name.substr(0, dot);
-}
 
 std::string number(double v)
 {
@@ -84,26 +79,42 @@ Summary summarize(const Checkpoint& ck)
 {
     Summary s;
     std::vector<bool> counted(ck.storages.size(), false);
-    std::unordered_map<std::string, std::size_t> groupIndex;
+    // Keyed by views into the tensor names, which outlive this function: no string per tensor.
+    std::unordered_map<std::string_view, std::size_t> groupIndex;
+    groupIndex.reserve(ck.tensors.size());
+    std::array<Totals, static_cast<std::size_t>(DType::Count)> byDtype{};
+    std::vector<bool> dtypeSeen(byDtype.size(), false);
+    const std::string* lastDevice = nullptr;
+    Totals* deviceTotals = nullptr;
     for (const auto& t : ck.tensors) {
-        const std::string dtype(dtypeName(t.dtype));
         std::uint64_t bytes = 0;
         if (t.storage >= 0 && !counted[static_cast<std::size_t>(t.storage)]) {
             counted[static_cast<std::size_t>(t.storage)] = true;
             bytes = ck.storages[static_cast<std::size_t>(t.storage)].nbytes;
         }
-        const std::string key = firstComponent(t.name);
+        const std::string_view name(t.name);
+        const std::string_view key = name.substr(0, name.find('.'));
         auto [it, inserted] = groupIndex.emplace(key, s.topLevel.size());
         if (inserted) {
             s.topLevel.emplace_back();
             s.topLevel.back().key = key;
         }
-        for (Totals* tot : {&s.total, &s.dtypes[dtype], &s.devices[t.device], static_cast<Totals*>(&s.topLevel[it->second])}) {
+        if (!lastDevice || *lastDevice != t.device) {
+            lastDevice = &t.device;
+            deviceTotals = &s.devices[t.device];
+        }
+        const auto d = static_cast<std::size_t>(t.dtype);
+        dtypeSeen[d] = true;
+        const std::uint64_t numel = t.numel();
+        for (Totals* tot : {&s.total, &byDtype[d], deviceTotals, static_cast<Totals*>(&s.topLevel[it->second])}) {
             tot->tensors += 1;
-            tot->parameters += t.numel();
+            tot->parameters += numel;
             tot->bytes += bytes;
         }
     }
+    for (std::size_t d = 0; d < byDtype.size(); ++d)
+        if (dtypeSeen[d])
+            s.dtypes[std::string(dtypeName(static_cast<DType>(d)))] = byDtype[d];
     for (auto& g : s.topLevel)
         g.share = s.total.bytes ? static_cast<double>(g.bytes) / static_cast<double>(s.total.bytes) : 0.0;
     return s;
@@ -164,7 +175,7 @@ nlohmann::json valueJson(const Value* v)
     case ValueKind::Int: return v->integer;
     case ValueKind::BigInt: return v->text;
     case ValueKind::Float: return doubleOrNull(v->real);
-    case ValueKind::Complex: return nlohmann::json::array({doubleOrNull(v->real), doubleOrNull(v->imag)});
+    case ValueKind::Complex: return nlohmann::json::array({doubleOrNull(v->real), doubleOrNull(v->imag())});
     case ValueKind::String: return v->text;
     case ValueKind::List:
     case ValueKind::Tuple:
