@@ -141,6 +141,28 @@ void MappedFile::ensureReadable(std::uint64_t end) const
         throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it", m_path);
 }
 
+bool MappedFile::readAt(std::uint64_t offset, std::size_t n, void* dst) const
+{
+    if (offset > m_size || n > m_size - offset)
+        return false;
+    if (m_fd < 0) {
+        std::memcpy(dst, m_data + offset, n);
+        return true;
+    }
+    auto* out = static_cast<char*>(dst);
+    while (n > 0) {
+        const ssize_t got = pread(m_fd, out, n, static_cast<off_t>(offset));
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return false;
+        out += got;
+        offset += static_cast<std::uint64_t>(got);
+        n -= static_cast<std::size_t>(got);
+    }
+    return true;
+}
+
 bool MappedFile::copyGuarded(std::uint64_t offset, std::size_t n, void* dst) const
 {
     if (offset > m_size || n > m_size - offset)

@@ -35,6 +35,11 @@ public:
     // Throws Error(Changed) when the file shrank below `end` or was replaced.
     void ensureReadable(std::uint64_t end) const;
 
+    // Copies [offset, offset + n) into dst with pread, without touching the mapping: the kernel maps up to
+    // 64 KiB around every touched page, so reading small headers spread over a huge file through the
+    // mapping would pull tensor data into the process. Falls back to the mapping for in-memory buffers.
+    bool readAt(std::uint64_t offset, std::size_t n, void* dst) const;
+
     // Copies [offset, offset + n) into dst. Returns false, instead of dying with SIGBUS, when the pages
     // are gone because the file was truncated underneath the mapping.
     bool copyGuarded(std::uint64_t offset, std::size_t n, void* dst) const;

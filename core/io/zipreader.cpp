@@ -167,7 +167,10 @@ void ZipArchive::parse()
         m_entries.push_back(std::move(e));
     }
 
-    // 4. Local headers and data extents.
+    // 4. Local headers and data extents. Where entries are far apart (tensor records of a large
+    // checkpoint), headers are read with pread so that the mapping of the data between them stays untouched.
+    const bool sparse = !m_entries.empty() && all.size() / m_entries.size() > (256u << 10);
+    std::string localName;
     for (ZipEntry& e : m_entries) {
         if (!e.problem.empty())
             continue;
@@ -175,7 +178,18 @@ void ZipArchive::parse()
             e.problem = "local header offset " + std::to_string(e.localHeaderOffset) + " lies outside the archive data";
             continue;
         }
-        ByteReader lh(all.subspan(e.localHeaderOffset, kLocalHeaderSize), m_base + e.localHeaderOffset,
+        std::uint8_t header[kLocalHeaderSize + 512];
+        const std::size_t want = static_cast<std::size_t>(
+            std::min<std::uint64_t>(sizeof header, cdOffset - e.localHeaderOffset));
+        const std::uint8_t* h = all.data() + e.localHeaderOffset;
+        if (sparse) {
+            if (!m_file->readAt(m_base + e.localHeaderOffset, want, header)) {
+                e.problem = "local header cannot be read";
+                continue;
+            }
+            h = header;
+        }
+        ByteReader lh(std::span<const std::uint8_t>(h, kLocalHeaderSize), m_base + e.localHeaderOffset,
                       "zip local header of '" + e.name + "'");
         if (lh.u32le() != kLocalSig) {
             e.problem = "local header has a bad signature";
@@ -189,10 +203,19 @@ void ZipArchive::parse()
             e.problem = "local header runs past the start of the central directory";
             continue;
         }
-        const std::string_view localName(reinterpret_cast<const char*>(all.data() + nameAt), nameLen);
+        if (sparse && kLocalHeaderSize + nameLen <= want) {
+            localName.assign(reinterpret_cast<const char*>(header + kLocalHeaderSize), nameLen);
+        } else if (sparse) {
+            localName.resize(nameLen);
+            if (!m_file->readAt(m_base + nameAt, nameLen, localName.data())) {
+                e.problem = "local header cannot be read";
+                continue;
+            }
+        } else {
+            localName.assign(reinterpret_cast<const char*>(all.data() + nameAt), nameLen);
+        }
         if (localName != e.name) {
-            e.problem = "local header names '" + std::string(localName) + "' but the central directory names it '" +
-                        e.name + "'";
+            e.problem = "local header names '" + localName + "' but the central directory names it '" + e.name + "'";
             continue;
         }
         e.dataOffset = nameAt + nameLen + extraLen;
