@@ -36,7 +36,7 @@ struct Args {
 
 [[noreturn]] void usageError(const std::string& what)
 {
-    std::cerr << "ckpt: " << what << "\n" << kUsage;
+    std::cerr << "ckpt: " << ckpt::printable(what) << "\n" << kUsage;
     std::exit(2);
 }
 
@@ -101,12 +101,12 @@ bool reportErrors(const ckpt::Checkpoint& ck, const std::string& file)
         if (f.severity != ckpt::Severity::Error)
             continue;
         any = true;
-        std::cerr << "ckpt: " << file << ": ";
+        std::string line = file + ": ";
         if (f.offset)
-            std::cerr << "at byte " << *f.offset << ": ";
+            line += "at byte " + std::to_string(*f.offset) + ": ";
         if (!f.object.empty())
-            std::cerr << f.object << ": ";
-        std::cerr << f.message << '\n';
+            line += f.object + ": ";
+        std::cerr << "ckpt: " << ckpt::printable(line + f.message) << '\n';
     }
     return any;
 }
@@ -154,7 +154,7 @@ int run(const Args& a)
                 ckpt::printStats(std::cout, *t, *stats);
         } catch (const ckpt::Error& e) {
             failed = true;
-            std::cerr << "ckpt: " << e.withFile(a.file).what() << '\n';
+            std::cerr << "ckpt: " << ckpt::printable(e.withFile(a.file).what()) << '\n';
             if (a.json)
                 out["tensors"].push_back({{"name", t->name}, {"error", e.message()}});
         }
@@ -178,11 +178,11 @@ int main(int argc, char** argv)
         std::_Exit(status);
     } catch (const ckpt::Error& e) {
         std::cout.flush();
-        std::cerr << "ckpt: " << e.withFile(args.file).what() << '\n';
+        std::cerr << "ckpt: " << ckpt::printable(e.withFile(args.file).what()) << '\n';
     } catch (const std::bad_alloc&) {
         std::cerr << "ckpt: " << args.file << ": out of memory\n";
     } catch (const std::exception& e) {
-        std::cerr << "ckpt: " << args.file << ": " << e.what() << '\n';
+        std::cerr << "ckpt: " << ckpt::printable(args.file + ": " + e.what()) << '\n';
     }
     return 2;
 }

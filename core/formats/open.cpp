@@ -3,15 +3,39 @@
 #include "torchformats.h"
 
 #include "io/zipreader.h"
+#include "pickle/unpickler.h"
 
 #include <cstring>
 
 namespace ckpt {
 namespace {
 
-// PROTO 2, LONG1 of 10 bytes: how the legacy format's magic number pickle starts. The number itself is
-// checked by the reader, so a damaged magic gets "invalid magic number" rather than "unknown format".
+// PROTO 2, LONG1 of 10 bytes: how the legacy format's magic number pickle starts with the default protocol.
+// The number itself is checked by the reader, so a damaged magic gets "invalid magic number".
 constexpr std::uint8_t kLegacyMagic[] = {0x80, 0x02, 0x8a, 0x0a};
+
+class NoGlobals final : public PickleHooks {
+public:
+    Value* global(ValueArena&, std::string_view, std::string_view, std::uint64_t offset) override
+    {
+        throw Error(ErrorCode::Malformed, "global in a header pickle", {}, offset);
+    }
+};
+
+// A legacy file saved with another pickle protocol (torch.save(..., pickle_protocol=N)) starts with the
+// magic number in that protocol: read just that first small pickle to tell.
+bool startsWithLegacyMagic(std::span<const std::uint8_t> head)
+{
+    try {
+        ValueArena arena;
+        NoGlobals hooks;
+        Unpickler u(arena, hooks, head.first(std::min<std::size_t>(head.size(), 64)), 0, "");
+        const Value* v = u.load();
+        return v->kind == ValueKind::BigInt && v->text == "119547037146038801333356";
+    } catch (const Error&) {
+        return false;
+    }
+}
 
 std::string hexHead(std::span<const std::uint8_t> b)
 {
@@ -34,7 +58,8 @@ CheckpointPtr dispatch(std::shared_ptr<const MappedFile> file)
         throw Error(ErrorCode::Truncated, "file is empty", path);
     if (ZipArchive::looksLikeZip(head))
         return readTorchZip(file);
-    if (head.size() >= sizeof kLegacyMagic && std::memcmp(head.data(), kLegacyMagic, sizeof kLegacyMagic) == 0)
+    if ((head.size() >= sizeof kLegacyMagic && std::memcmp(head.data(), kLegacyMagic, sizeof kLegacyMagic) == 0) ||
+        startsWithLegacyMagic(head))
         return readTorchLegacy(file);
     if (head.size() >= 8 && std::memcmp(head.data(), "PYTORCH1", 8) == 0)
         throw Error(ErrorCode::Unsupported, "file is an unsupported archive format from the PyTorch preview release",

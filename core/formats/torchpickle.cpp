@@ -203,6 +203,12 @@ Value* TorchPickleHooks::rebuildStrided(ValueArena& arena, const Value* storage,
 
 Value* TorchPickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint64_t offset)
 {
+    // Legacy whole-module saves: ('module', class, source file, source). The class was recorded by its
+    // GLOBAL; the source text is data, and nothing here runs it.
+    if (pid && pid->kind == ValueKind::Tuple && pid->items.size() >= 2 &&
+        (pid->items[0]->kind == ValueKind::String || pid->items[0]->kind == ValueKind::Bytes) &&
+        pid->items[0]->text == "module")
+        return pid->items[1];
     // ('storage', storage_type, key, location, numel[, view_metadata])
     if (!pid || pid->kind != ValueKind::Tuple || pid->items.size() < 5 ||
         (pid->items[0]->kind != ValueKind::String && pid->items[0]->kind != ValueKind::Bytes) ||

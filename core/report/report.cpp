@@ -34,6 +34,27 @@ int storageGroup(const Checkpoint& ck, const TensorInfo& t)
 
 } // namespace
 
+std::string printable(std::string_view text)
+{
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    out.reserve(text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        const auto c = static_cast<unsigned char>(text[i]);
+        const bool c1 = c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
+                        static_cast<unsigned char>(text[i + 1]) <= 0x9F; // U+0080..U+009F in UTF-8
+        if (c < 0x20 || c == 0x7F || c1) {
+            const unsigned char v = c1 ? static_cast<unsigned char>(text[++i]) : c;
+            out += "\\x";
+            out += hex[v >> 4];
+            out += hex[v & 15];
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    return out;
+}
+
 std::string humanBytes(std::uint64_t bytes)
 {
     static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
@@ -291,9 +312,10 @@ void printLs(std::ostream& out, const Checkpoint& ck, const std::string& filter)
     for (const auto& t : ck.tensors) {
         if (!filter.empty() && !globMatch(filter, t.name))
             continue;
-        Row r{t.name, std::string(dtypeName(t.dtype)), shapeText(t.shape), t.device, humanBytes(t.nbytes())};
+        Row r{printable(t.name), std::string(dtypeName(t.dtype)), shapeText(t.shape), printable(t.device),
+              humanBytes(t.nbytes())};
         if (!t.error.empty())
-            r.size += "  (unreadable: " + t.error + ")";
+            r.size += "  (unreadable: " + printable(t.error) + ")";
         w[0] = std::max(w[0], r.name.size());
         w[1] = std::max(w[1], r.dtype.size());
         w[2] = std::max(w[2], r.shape.size());
@@ -319,15 +341,15 @@ void printInfo(std::ostream& out, const Checkpoint& ck, const std::string& file)
         std::snprintf(buf, sizeof buf, "%5.1f%%", s.total.bytes ? 100.0 * static_cast<double>(part) / static_cast<double>(s.total.bytes) : 0.0);
         return std::string(buf);
     };
-    out << "File        " << file << '\n';
-    out << "Format      " << ck.formatDetail << '\n';
+    out << "File        " << printable(file) << '\n';
+    out << "Format      " << printable(ck.formatDetail) << '\n';
     out << "Tensors     " << groupedNumber(s.total.tensors) << '\n';
     out << "Elements    " << groupedNumber(s.total.parameters) << '\n';
     out << "Size        " << humanBytes(s.total.bytes) << " (" << groupedNumber(s.total.bytes) << " bytes)\n";
     auto table = [&](const char* title, const auto& rows) {
         out << '\n' << title << '\n';
         for (const auto& [key, t] : rows)
-            out << "  " << std::left << std::setw(24) << key << std::right << std::setw(8) << groupedNumber(t.tensors)
+            out << "  " << std::left << std::setw(24) << printable(key) << std::right << std::setw(8) << groupedNumber(t.tensors)
                 << " tensors " << std::setw(16) << groupedNumber(t.parameters) << " elements " << std::setw(10)
                 << humanBytes(t.bytes) << ' ' << pct(t.bytes) << '\n';
     };
@@ -349,25 +371,26 @@ void printInfo(std::ostream& out, const Checkpoint& ck, const std::string& file)
                 out << "  ... " << ck.values.size() - 60 << " more (ckpt info --json lists all)\n";
                 break;
             }
-            out << "  " << (nv.name.empty() ? "(root)" : nv.name) << " = " << valueRepr(nv.value, 100) << '\n';
+            out << "  " << (nv.name.empty() ? "(root)" : printable(nv.name)) << " = " << printable(valueRepr(nv.value, 100))
+                << '\n';
         }
     }
     if (!ck.records.empty()) {
         out << "\nOther records (shown, never run)\n";
         for (const auto& r : ck.records)
-            out << "  " << r.name << "  " << humanBytes(r.size) << '\n';
+            out << "  " << printable(r.name) << "  " << humanBytes(r.size) << '\n';
     }
     if (!ck.findings.empty()) {
         out << "\nFindings\n";
         for (const auto& f : ck.findings)
-            out << "  [" << severityName(f.severity) << "] " << (f.object.empty() ? "" : f.object + ": ") << f.message
-                << '\n';
+            out << "  [" << severityName(f.severity) << "] " << printable(f.object.empty() ? "" : f.object + ": ")
+                << printable(f.message) << '\n';
     }
 }
 
 void printStats(std::ostream& out, const TensorInfo& t, const TensorStats& s)
 {
-    out << t.name << "  " << dtypeName(t.dtype) << ' ' << shapeText(t.shape) << '\n';
+    out << printable(t.name) << "  " << dtypeName(t.dtype) << ' ' << shapeText(t.shape) << '\n';
     out << "  count " << groupedNumber(s.count) << "  min " << number(s.min) << "  max " << number(s.max) << "  mean "
         << number(s.mean) << "  std " << number(s.std) << "  zeros " << groupedNumber(s.zeros) << "  nan "
         << groupedNumber(s.nan) << "  inf " << groupedNumber(s.inf) << '\n';

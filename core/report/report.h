@@ -52,6 +52,10 @@ void printStats(std::ostream& out, const TensorInfo& t, const TensorStats& s);
 // Serialises with invalid UTF-8 in names replaced rather than refused.
 std::string dumpJson(const nlohmann::json& j, int indent = 2);
 
+// Text safe for a terminal: control characters (C0, DEL, C1) escaped as \xNN, so a name in a hostile file
+// cannot move the cursor, retitle the window or split one error line into two.
+std::string printable(std::string_view text);
+
 std::string humanBytes(std::uint64_t bytes);
 std::string groupedNumber(std::uint64_t n);
 std::string shapeText(const std::vector<std::int64_t>& shape);
