@@ -34,14 +34,12 @@ struct Args {
     bool json = false;
 };
 
-[[noreturn]] void usageError(const std::string& what)
-{
+[[noreturn]] void usageError(const std::string& what) {
     std::cerr << "ckpt: " << ckpt::printable(what) << "\n" << kUsage;
     std::exit(2);
 }
 
-Args parse(int argc, char** argv)
-{
+Args parse(int argc, char** argv) {
     Args a;
     std::vector<std::string> positional;
     for (int i = 1; i < argc; ++i) {
@@ -94,8 +92,7 @@ Args parse(int argc, char** argv)
 }
 
 // Every unreadable tensor is reported on stderr; the caller exits 2 when there were any.
-bool reportErrors(const ckpt::Checkpoint& ck, const std::string& file)
-{
+bool reportErrors(const ckpt::Checkpoint& ck, const std::string& file) {
     bool any = false;
     for (const auto& f : ck.findings) {
         if (f.severity != ckpt::Severity::Error)
@@ -111,8 +108,7 @@ bool reportErrors(const ckpt::Checkpoint& ck, const std::string& file)
     return any;
 }
 
-int run(const Args& a)
-{
+int run(const Args& a) {
     const ckpt::CheckpointPtr ck = ckpt::openCheckpoint(a.file);
     static ckpt::CheckpointPtr keepUntilExit; // freed by the process exit, not object by object
     keepUntilExit = ck;
@@ -166,8 +162,7 @@ int run(const Args& a)
 
 } // namespace
 
-int main(int argc, char** argv)
-{
+int main(int argc, char** argv) {
     std::ios::sync_with_stdio(false);
     const Args args = parse(argc, argv);
     try {

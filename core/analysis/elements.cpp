@@ -10,8 +10,7 @@
 namespace ckpt {
 namespace {
 
-double decodeMinifloat(std::uint32_t bits, int expBits, int mantBits, int bias)
-{
+double decodeMinifloat(std::uint32_t bits, int expBits, int mantBits, int bias) {
     const std::uint32_t mant = bits & ((1u << mantBits) - 1);
     const std::uint32_t exp = (bits >> mantBits) & ((1u << expBits) - 1);
     const bool neg = (bits >> (mantBits + expBits)) & 1u;
@@ -25,8 +24,7 @@ double decodeMinifloat(std::uint32_t bits, int expBits, int mantBits, int bias)
 
 struct Float8Tables {
     std::array<std::array<double, 256>, 5> t{};
-    Float8Tables()
-    {
+    Float8Tables() {
         for (int b = 0; b < 256; ++b) {
             const auto u = static_cast<std::uint32_t>(b);
             // e5m2: IEEE-like, exponent 31 is inf / NaN
@@ -43,15 +41,12 @@ struct Float8Tables {
     }
 };
 
-const Float8Tables& float8Tables()
-{
+const Float8Tables& float8Tables() {
     static const Float8Tables tables;
     return tables;
 }
 
-template <typename T>
-T loadRaw(const std::uint8_t* p, bool swap)
-{
+template <typename T> T loadRaw(const std::uint8_t* p, bool swap) {
     T v;
     std::memcpy(&v, p, sizeof(T));
     if (swap) {
@@ -76,42 +71,45 @@ struct ConvertJob {
 
 } // namespace
 
-double halfToDouble(std::uint16_t h)
-{
+double halfToDouble(std::uint16_t h) {
     if (((h >> 10) & 31) == 31)
         return (h & 0x3FF) ? NAN : ((h & 0x8000) ? -INFINITY : INFINITY);
     return decodeMinifloat(h, 5, 10, 15);
 }
 
-double bfloat16ToDouble(std::uint16_t b)
-{
+double bfloat16ToDouble(std::uint16_t b) {
     return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16);
 }
 
-double float8ToDouble(DType t, std::uint8_t b)
-{
+double float8ToDouble(DType t, std::uint8_t b) {
     const auto& tables = float8Tables().t;
     switch (t) {
-    case DType::Float8_e5m2: return tables[0][b];
-    case DType::Float8_e4m3fn: return tables[1][b];
-    case DType::Float8_e5m2fnuz: return tables[2][b];
-    case DType::Float8_e4m3fnuz: return tables[3][b];
-    case DType::Float8_e8m0fnu: return tables[4][b];
-    default: return NAN;
+    case DType::Float8_e5m2:
+        return tables[0][b];
+    case DType::Float8_e4m3fn:
+        return tables[1][b];
+    case DType::Float8_e5m2fnuz:
+        return tables[2][b];
+    case DType::Float8_e4m3fnuz:
+        return tables[3][b];
+    case DType::Float8_e8m0fnu:
+        return tables[4][b];
+    default:
+        return NAN;
     }
 }
 
 TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
     : m_ck(std::move(checkpoint))
-    , m_tensor(tensor)
-{
+    , m_tensor(tensor) {
     const std::string& fileName = m_ck->sources.empty() ? std::string() : m_ck->sources.front().path;
     if (!m_tensor.error.empty())
         throw Error(ErrorCode::Malformed, m_tensor.error, fileName, {}, m_tensor.name);
     if (m_tensor.storage < 0 || static_cast<std::size_t>(m_tensor.storage) >= m_ck->storages.size())
         throw Error(ErrorCode::Unsupported, "tensor has no data in the file", fileName, {}, m_tensor.name);
     if (m_tensor.dtype == DType::Float4_e2m1fn_x2)
-        throw Error(ErrorCode::Unsupported, "float4_e2m1fn_x2 packs two values per element; not converted", fileName, {}, m_tensor.name);
+        throw Error(ErrorCode::Unsupported, "float4_e2m1fn_x2 packs two values per element; not converted",
+                    fileName, {}, m_tensor.name);
     const StorageInfo& s = m_ck->storages[static_cast<std::size_t>(m_tensor.storage)];
     const Source& src = m_ck->sources.at(static_cast<std::size_t>(s.source));
     m_file = src.file.get();
@@ -119,7 +117,8 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
     m_swap = s.bigEndian && dtypeSize(m_tensor.dtype) > 1;
     m_numel = m_tensor.numel();
     if (m_base > m_file->size() || s.nbytes > m_file->size() - m_base)
-        throw Error(ErrorCode::OutOfBounds, "storage '" + s.key + "' lies outside the file", src.path, m_base, m_tensor.name);
+        throw Error(ErrorCode::OutOfBounds, "storage '" + s.key + "' lies outside the file", src.path, m_base,
+                    m_tensor.name);
     m_file->ensureReadable(m_base + s.nbytes);
 
     if (m_tensor.quant.scheme == QuantInfo::Scheme::PerChannelAffine) {
@@ -133,12 +132,14 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
         auto load = [&](int proto, auto& out) {
             const auto found = m_ck->helperTensors.find(proto);
             if (found == m_ck->helperTensors.end())
-                throw Error(ErrorCode::Malformed, "per-channel quantization parameters are missing", src.path, {}, m_tensor.name);
+                throw Error(ErrorCode::Malformed, "per-channel quantization parameters are missing", src.path,
+                            {}, m_tensor.name);
             const TensorInfo& p = found->second;
             TensorReader r(m_ck, p);
             if (r.numel() != channels)
-                throw Error(ErrorCode::Malformed, "per-channel quantization parameters do not match the axis size",
-                            src.path, {}, m_tensor.name);
+                throw Error(ErrorCode::Malformed,
+                            "per-channel quantization parameters do not match the axis size", src.path, {},
+                            m_tensor.name);
             out.resize(channels);
             for (std::uint64_t i = 0; i < channels; ++i)
                 out[i] = static_cast<std::remove_reference_t<decltype(out[0])>>(r.element(i));
@@ -149,8 +150,7 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
 }
 
 void TensorReader::convert(const std::uint8_t* src, std::int64_t sb, std::size_t n, std::uint64_t first,
-                           double* out) const
-{
+                           double* out) const {
     const bool sw = m_swap;
     auto loop = [&](auto fn) {
         for (std::size_t i = 0; i < n; ++i)
@@ -158,11 +158,21 @@ void TensorReader::convert(const std::uint8_t* src, std::int64_t sb, std::size_t
     };
     const DType dt = m_tensor.dtype;
     switch (dt) {
-    case DType::Float32: loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<float>(p, sw)); }); break;
-    case DType::Float64: loop([&](const std::uint8_t* p) { return loadRaw<double>(p, sw); }); break;
-    case DType::Float16: loop([&](const std::uint8_t* p) { return halfToDouble(loadRaw<std::uint16_t>(p, sw)); }); break;
-    case DType::BFloat16: loop([&](const std::uint8_t* p) { return bfloat16ToDouble(loadRaw<std::uint16_t>(p, sw)); }); break;
-    case DType::Bool: loop([](const std::uint8_t* p) { return *p ? 1.0 : 0.0; }); break;
+    case DType::Float32:
+        loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<float>(p, sw)); });
+        break;
+    case DType::Float64:
+        loop([&](const std::uint8_t* p) { return loadRaw<double>(p, sw); });
+        break;
+    case DType::Float16:
+        loop([&](const std::uint8_t* p) { return halfToDouble(loadRaw<std::uint16_t>(p, sw)); });
+        break;
+    case DType::BFloat16:
+        loop([&](const std::uint8_t* p) { return bfloat16ToDouble(loadRaw<std::uint16_t>(p, sw)); });
+        break;
+    case DType::Bool:
+        loop([](const std::uint8_t* p) { return *p ? 1.0 : 0.0; });
+        break;
     case DType::UInt8:
     case DType::Bits8:
     case DType::Bits1x8:
@@ -170,45 +180,74 @@ void TensorReader::convert(const std::uint8_t* src, std::int64_t sb, std::size_t
     case DType::Bits4x2:
     case DType::QUInt4x2:
     case DType::QUInt2x4:
-    case DType::UInt1: case DType::UInt2: case DType::UInt3: case DType::UInt4:
-    case DType::UInt5: case DType::UInt6: case DType::UInt7:
+    case DType::UInt1:
+    case DType::UInt2:
+    case DType::UInt3:
+    case DType::UInt4:
+    case DType::UInt5:
+    case DType::UInt6:
+    case DType::UInt7:
         loop([](const std::uint8_t* p) { return static_cast<double>(*p); });
         break;
     case DType::Int8:
-    case DType::Int1: case DType::Int2: case DType::Int3: case DType::Int4:
-    case DType::Int5: case DType::Int6: case DType::Int7:
+    case DType::Int1:
+    case DType::Int2:
+    case DType::Int3:
+    case DType::Int4:
+    case DType::Int5:
+    case DType::Int6:
+    case DType::Int7:
         loop([](const std::uint8_t* p) { return static_cast<double>(static_cast<std::int8_t>(*p)); });
         break;
-    case DType::Int16: loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::int16_t>(p, sw)); }); break;
-    case DType::Int32: loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::int32_t>(p, sw)); }); break;
-    case DType::Int64: loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::int64_t>(p, sw)); }); break;
+    case DType::Int16:
+        loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::int16_t>(p, sw)); });
+        break;
+    case DType::Int32:
+        loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::int32_t>(p, sw)); });
+        break;
+    case DType::Int64:
+        loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::int64_t>(p, sw)); });
+        break;
     case DType::UInt16:
-    case DType::Bits16: loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::uint16_t>(p, sw)); }); break;
-    case DType::UInt32: loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::uint32_t>(p, sw)); }); break;
-    case DType::UInt64: loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::uint64_t>(p, sw)); }); break;
+    case DType::Bits16:
+        loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::uint16_t>(p, sw)); });
+        break;
+    case DType::UInt32:
+        loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::uint32_t>(p, sw)); });
+        break;
+    case DType::UInt64:
+        loop([&](const std::uint8_t* p) { return static_cast<double>(loadRaw<std::uint64_t>(p, sw)); });
+        break;
     case DType::Float8_e5m2:
     case DType::Float8_e4m3fn:
     case DType::Float8_e5m2fnuz:
     case DType::Float8_e4m3fnuz:
     case DType::Float8_e8m0fnu: {
         const auto& tab = float8Tables().t;
-        const std::size_t which = dt == DType::Float8_e5m2 ? 0 : dt == DType::Float8_e4m3fn ? 1
-                                : dt == DType::Float8_e5m2fnuz ? 2 : dt == DType::Float8_e4m3fnuz ? 3 : 4;
+        const std::size_t which = dt == DType::Float8_e5m2       ? 0
+                                  : dt == DType::Float8_e4m3fn   ? 1
+                                  : dt == DType::Float8_e5m2fnuz ? 2
+                                  : dt == DType::Float8_e4m3fnuz ? 3
+                                                                 : 4;
         loop([&](const std::uint8_t* p) { return tab[which][*p]; });
         break;
     }
     case DType::Complex32:
         loop([&](const std::uint8_t* p) {
-            return std::hypot(halfToDouble(loadRaw<std::uint16_t>(p, sw)), halfToDouble(loadRaw<std::uint16_t>(p + 2, sw)));
+            return std::hypot(halfToDouble(loadRaw<std::uint16_t>(p, sw)),
+                              halfToDouble(loadRaw<std::uint16_t>(p + 2, sw)));
         });
         break;
     case DType::Complex64:
         loop([&](const std::uint8_t* p) {
-            return std::hypot(static_cast<double>(loadRaw<float>(p, sw)), static_cast<double>(loadRaw<float>(p + 4, sw)));
+            return std::hypot(static_cast<double>(loadRaw<float>(p, sw)),
+                              static_cast<double>(loadRaw<float>(p + 4, sw)));
         });
         break;
     case DType::Complex128:
-        loop([&](const std::uint8_t* p) { return std::hypot(loadRaw<double>(p, sw), loadRaw<double>(p + 8, sw)); });
+        loop([&](const std::uint8_t* p) {
+            return std::hypot(loadRaw<double>(p, sw), loadRaw<double>(p + 8, sw));
+        });
         break;
     case DType::QInt8:
     case DType::QUInt8:
@@ -225,10 +264,13 @@ void TensorReader::convert(const std::uint8_t* src, std::int64_t sb, std::size_t
             const double zp = static_cast<double>(q.zeroPoint);
             loop([&](const std::uint8_t* p) { return (raw(p) - zp) * q.scale; });
         } else if (q.scheme == QuantInfo::Scheme::PerChannelAffine) {
-            const auto channels = static_cast<std::uint64_t>(m_tensor.shape[static_cast<std::size_t>(q.axis)]);
+            const auto channels =
+                static_cast<std::uint64_t>(m_tensor.shape[static_cast<std::size_t>(q.axis)]);
             for (std::size_t i = 0; i < n; ++i) {
                 const std::uint64_t c = ((first + i) / m_channelInner) % channels;
-                out[i] = (raw(src + static_cast<std::int64_t>(i) * sb) - static_cast<double>(m_zeroPoints[c])) * m_scales[c];
+                out[i] =
+                    (raw(src + static_cast<std::int64_t>(i) * sb) - static_cast<double>(m_zeroPoints[c])) *
+                    m_scales[c];
             }
         } else {
             loop(raw);
@@ -243,8 +285,7 @@ void TensorReader::convert(const std::uint8_t* src, std::int64_t sb, std::size_t
     }
 }
 
-std::uint64_t TensorReader::byteOffsetOf(std::uint64_t index) const
-{
+std::uint64_t TensorReader::byteOffsetOf(std::uint64_t index) const {
     std::uint64_t el = static_cast<std::uint64_t>(m_tensor.storageOffset);
     for (std::size_t d = m_tensor.shape.size(); d-- > 0;) {
         const auto size = static_cast<std::uint64_t>(m_tensor.shape[d]);
@@ -258,20 +299,21 @@ namespace {
 void runConvert(void* ctx);
 }
 
-double TensorReader::element(std::uint64_t index) const
-{
+double TensorReader::element(std::uint64_t index) const {
     if (index >= m_numel)
-        throw Error(ErrorCode::OutOfBounds, "element index " + std::to_string(index) + " is past the end (" +
-                                                std::to_string(m_numel) + " elements)", {}, {}, m_tensor.name);
+        throw Error(ErrorCode::OutOfBounds,
+                    "element index " + std::to_string(index) + " is past the end (" +
+                        std::to_string(m_numel) + " elements)",
+                    {}, {}, m_tensor.name);
     double out = 0;
     ConvertJob job{this, m_file->data() + byteOffsetOf(index), 0, 1, index, &out};
     if (!MappedFile::runGuarded(runConvert, &job))
-        throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it", m_file->path(), {}, m_tensor.name);
+        throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it",
+                    m_file->path(), {}, m_tensor.name);
     return out;
 }
 
-std::complex<double> TensorReader::elementComplex(std::uint64_t index) const
-{
+std::complex<double> TensorReader::elementComplex(std::uint64_t index) const {
     const DType dt = m_tensor.dtype;
     if (dt != DType::Complex32 && dt != DType::Complex64 && dt != DType::Complex128)
         return {element(index), 0.0};
@@ -281,31 +323,30 @@ std::complex<double> TensorReader::elementComplex(std::uint64_t index) const
     std::uint8_t raw[16];
     const std::size_t size = dtypeSize(dt);
     if (!m_file->copyGuarded(off, size, raw))
-        throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it", m_file->path(), {}, m_tensor.name);
+        throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it",
+                    m_file->path(), {}, m_tensor.name);
     if (dt == DType::Complex32)
-        return {halfToDouble(loadRaw<std::uint16_t>(raw, m_swap)), halfToDouble(loadRaw<std::uint16_t>(raw + 2, m_swap))};
+        return {halfToDouble(loadRaw<std::uint16_t>(raw, m_swap)),
+                halfToDouble(loadRaw<std::uint16_t>(raw + 2, m_swap))};
     if (dt == DType::Complex64)
         return {loadRaw<float>(raw, m_swap), loadRaw<float>(raw + 4, m_swap)};
     return {loadRaw<double>(raw, m_swap), loadRaw<double>(raw + 8, m_swap)};
 }
 
 namespace {
-void runConvert(void* ctx)
-{
+void runConvert(void* ctx) {
     auto* job = static_cast<ConvertJob*>(ctx);
     job->reader->convertJob(job->src, job->strideBytes, job->n, job->firstIndex, job->out);
 }
 } // namespace
 
 void TensorReader::convertJob(const std::uint8_t* src, std::int64_t strideBytes, std::size_t n,
-                              std::uint64_t firstIndex, double* out) const
-{
+                              std::uint64_t firstIndex, double* out) const {
     convert(src, strideBytes, n, firstIndex, out);
 }
 
 bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
-                                std::size_t chunk) const
-{
+                                std::size_t chunk) const {
     if (m_numel == 0)
         return true;
     const std::size_t elsize = dtypeSize(m_tensor.dtype);
@@ -339,10 +380,15 @@ bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>
         const std::uint8_t* rowStart = m_file->data() + m_base + el * elsize;
         for (std::uint64_t done = 0; done < inner;) {
             const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk, inner - done));
-            ConvertJob job{this, rowStart + static_cast<std::int64_t>(done) * innerStrideBytes, innerStrideBytes, n,
-                           index, buffer.data()};
+            ConvertJob job{this,
+                           rowStart + static_cast<std::int64_t>(done) * innerStrideBytes,
+                           innerStrideBytes,
+                           n,
+                           index,
+                           buffer.data()};
             if (!MappedFile::runGuarded(runConvert, &job))
-                throw Error(ErrorCode::Changed, "the file was truncated on disk while its data was being read; reload it",
+                throw Error(ErrorCode::Changed,
+                            "the file was truncated on disk while its data was being read; reload it",
                             m_file->path(), {}, m_tensor.name);
             if (!fn(std::span<const double>(buffer.data(), n), index))
                 return false;

@@ -34,8 +34,8 @@ public:
                       std::size_t chunk = 16384) const;
 
     // Entry point for the SIGBUS-guarded conversion; not for general use.
-    void convertJob(const std::uint8_t* src, std::int64_t strideBytes, std::size_t n, std::uint64_t firstIndex,
-                    double* out) const;
+    void convertJob(const std::uint8_t* src, std::int64_t strideBytes, std::size_t n,
+                    std::uint64_t firstIndex, double* out) const;
 
 private:
     std::uint64_t byteOffsetOf(std::uint64_t index) const;
@@ -48,9 +48,9 @@ private:
     std::uint64_t m_base = 0; // absolute file offset of the storage's byte 0
     std::uint64_t m_numel = 0;
     bool m_swap = false;
-    std::vector<double> m_scales;       // per-channel quantization
+    std::vector<double> m_scales; // per-channel quantization
     std::vector<std::int64_t> m_zeroPoints;
-    std::uint64_t m_channelInner = 1;   // elements per step along the quantization axis
+    std::uint64_t m_channelInner = 1; // elements per step along the quantization axis
 };
 
 // Exact conversions of the narrow float formats, exposed for tests.

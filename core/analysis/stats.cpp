@@ -6,8 +6,7 @@
 
 namespace ckpt {
 
-void MomentAccumulator::add(std::span<const double> values)
-{
+void MomentAccumulator::add(std::span<const double> values) {
     std::uint64_t n = 0;
     double sum = 0, lo = std::numeric_limits<double>::infinity(), hi = -lo;
     for (const double v : values) {
@@ -51,8 +50,7 @@ void MomentAccumulator::add(std::span<const double> values)
     m_finite += n;
 }
 
-void MomentAccumulator::finish(TensorStats& out) const
-{
+void MomentAccumulator::finish(TensorStats& out) const {
     out.count = m_count;
     out.finite = m_finite;
     out.zeros = m_zeros;
@@ -65,8 +63,7 @@ void MomentAccumulator::finish(TensorStats& out) const
     out.std = m_finite >= 2 ? std::sqrt(m_m2 / static_cast<double>(m_finite - 1)) : undefined;
 }
 
-HistogramAccumulator::HistogramAccumulator(double lo, double hi, int bins)
-{
+HistogramAccumulator::HistogramAccumulator(double lo, double hi, int bins) {
     if (lo == hi) { // NumPy widens an empty range the same way
         lo -= 0.5;
         hi += 0.5;
@@ -78,7 +75,8 @@ HistogramAccumulator::HistogramAccumulator(double lo, double hi, int bins)
     m_hist.edges.resize(n + 1);
     // A range wider than the largest double (-1e308..1e308) overflows hi - lo; work in halves there.
     m_wide = !std::isfinite(hi - lo);
-    const double step = m_wide ? (hi / 2 - lo / 2) / static_cast<double>(n) * 2 : (hi - lo) / static_cast<double>(n);
+    const double step =
+        m_wide ? (hi / 2 - lo / 2) / static_cast<double>(n) * 2 : (hi - lo) / static_cast<double>(n);
     // numpy.linspace: start + i * step, the last edge exactly `hi`.
     for (std::size_t i = 0; i <= n; ++i)
         m_hist.edges[i] = static_cast<double>(i) * step + lo;
@@ -86,8 +84,7 @@ HistogramAccumulator::HistogramAccumulator(double lo, double hi, int bins)
     m_norm = m_wide ? static_cast<double>(n) / (hi / 2 - lo / 2) : static_cast<double>(n) / (hi - lo);
 }
 
-void HistogramAccumulator::add(std::span<const double> values)
-{
+void HistogramAccumulator::add(std::span<const double> values) {
     const std::size_t n = m_hist.counts.size();
     const auto& e = m_hist.edges;
     for (const double v : values) {
@@ -107,8 +104,7 @@ void HistogramAccumulator::add(std::span<const double> values)
 }
 
 std::optional<TensorStats> computeStats(const CheckpointPtr& checkpoint, const TensorInfo& tensor, int bins,
-                                        const ProgressFn& progress)
-{
+                                        const ProgressFn& progress) {
     TensorReader reader(checkpoint, tensor);
     const std::uint64_t total = reader.numel() * 2;
     std::uint64_t done = 0;

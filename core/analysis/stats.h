@@ -14,7 +14,7 @@ struct Histogram {
 };
 
 struct TensorStats {
-    std::uint64_t count = 0;  // all elements
+    std::uint64_t count = 0; // all elements
     std::uint64_t finite = 0;
     std::uint64_t zeros = 0;
     std::uint64_t nan = 0;

@@ -16,16 +16,14 @@ constexpr std::uint8_t kLegacyMagic[] = {0x80, 0x02, 0x8a, 0x0a};
 
 class NoGlobals final : public PickleHooks {
 public:
-    Value* global(ValueArena&, std::string_view, std::string_view, std::uint64_t offset) override
-    {
+    Value* global(ValueArena&, std::string_view, std::string_view, std::uint64_t offset) override {
         throw Error(ErrorCode::Malformed, "global in a header pickle", {}, offset);
     }
 };
 
 // A legacy file saved with another pickle protocol (torch.save(..., pickle_protocol=N)) starts with the
 // magic number in that protocol: read just that first small pickle to tell.
-bool startsWithLegacyMagic(std::span<const std::uint8_t> head)
-{
+bool startsWithLegacyMagic(std::span<const std::uint8_t> head) {
     try {
         ValueArena arena;
         NoGlobals hooks;
@@ -37,8 +35,7 @@ bool startsWithLegacyMagic(std::span<const std::uint8_t> head)
     }
 }
 
-std::string hexHead(std::span<const std::uint8_t> b)
-{
+std::string hexHead(std::span<const std::uint8_t> b) {
     static const char* digits = "0123456789abcdef";
     std::string out;
     for (std::size_t i = 0; i < std::min<std::size_t>(b.size(), 8); ++i) {
@@ -50,36 +47,35 @@ std::string hexHead(std::span<const std::uint8_t> b)
     return out;
 }
 
-CheckpointPtr dispatch(std::shared_ptr<const MappedFile> file)
-{
+CheckpointPtr dispatch(std::shared_ptr<const MappedFile> file) {
     const auto head = file->bytes();
     const std::string& path = file->path();
     if (head.empty())
         throw Error(ErrorCode::Truncated, "file is empty", path);
     if (ZipArchive::looksLikeZip(head))
         return readTorchZip(file);
-    if ((head.size() >= sizeof kLegacyMagic && std::memcmp(head.data(), kLegacyMagic, sizeof kLegacyMagic) == 0) ||
+    if ((head.size() >= sizeof kLegacyMagic &&
+         std::memcmp(head.data(), kLegacyMagic, sizeof kLegacyMagic) == 0) ||
         startsWithLegacyMagic(head))
         return readTorchLegacy(file);
     if (head.size() >= 8 && std::memcmp(head.data(), "PYTORCH1", 8) == 0)
-        throw Error(ErrorCode::Unsupported, "file is an unsupported archive format from the PyTorch preview release",
-                    path, 0);
+        throw Error(ErrorCode::Unsupported,
+                    "file is an unsupported archive format from the PyTorch preview release", path, 0);
     if (head.size() >= 262 && std::memcmp(head.data() + 257, "ustar", 5) == 0)
         throw Error(ErrorCode::Unsupported, "PyTorch 0.1 tar checkpoints are not supported", path, 0);
     if (head.size() >= 2 && head[0] == 0x80 && head[1] >= 2 && head[1] <= 5)
         return readPlainPickle(file);
-    throw Error(ErrorCode::BadMagic, "not a recognised checkpoint format (first bytes: " + hexHead(head) + ")", path, 0);
+    throw Error(ErrorCode::BadMagic,
+                "not a recognised checkpoint format (first bytes: " + hexHead(head) + ")", path, 0);
 }
 
 } // namespace
 
-CheckpointPtr openCheckpoint(const std::string& path)
-{
+CheckpointPtr openCheckpoint(const std::string& path) {
     return dispatch(MappedFile::open(path));
 }
 
-CheckpointPtr openCheckpointBuffer(const std::string& name, std::string bytes)
-{
+CheckpointPtr openCheckpointBuffer(const std::string& name, std::string bytes) {
     return dispatch(MappedFile::fromBuffer(name, std::move(bytes)));
 }
 

@@ -9,15 +9,14 @@ namespace {
 // Data-only hooks for the small header pickles: any global there is an error.
 class HeaderHooks final : public PickleHooks {
 public:
-    Value* global(ValueArena&, std::string_view module, std::string_view name, std::uint64_t offset) override
-    {
+    Value* global(ValueArena&, std::string_view module, std::string_view name,
+                  std::uint64_t offset) override {
         throw Error(ErrorCode::Malformed,
                     "header pickle references " + std::string(module) + "." + std::string(name), {}, offset);
     }
 };
 
-Value* loadPickle(ValueArena& arena, PickleHooks& hooks, ByteReader& in, const std::string& what)
-{
+Value* loadPickle(ValueArena& arena, PickleHooks& hooks, ByteReader& in, const std::string& what) {
     const std::span<const std::uint8_t> rest = in.bytes(in.remaining());
     const std::uint64_t base = in.absolutePosition() - rest.size();
     Unpickler u(arena, hooks, rest, base, what);
@@ -28,8 +27,7 @@ Value* loadPickle(ValueArena& arena, PickleHooks& hooks, ByteReader& in, const s
 
 } // namespace
 
-std::shared_ptr<Checkpoint> readTorchLegacy(std::shared_ptr<const MappedFile> file)
-{
+std::shared_ptr<Checkpoint> readTorchLegacy(std::shared_ptr<const MappedFile> file) {
     auto ck = std::make_shared<Checkpoint>();
     ck->sources.push_back({file->path(), file});
     ck->arena = std::make_shared<ValueArena>();
@@ -51,7 +49,8 @@ std::shared_ptr<Checkpoint> readTorchLegacy(std::shared_ptr<const MappedFile> fi
         const Value* keys = loadPickle(*ck->arena, header, in, "storage key list");
         if (keys->kind != ValueKind::List)
             throw Error(ErrorCode::Malformed, "storage key list is not a list", {}, in.absolutePosition());
-        ck->formatDetail = "PyTorch legacy format (before 1.6), " + std::to_string(keys->items.size()) + " storages";
+        ck->formatDetail =
+            "PyTorch legacy format (before 1.6), " + std::to_string(keys->items.size()) + " storages";
 
         // Storage bytes follow back to back in key-list order, each after an 8-byte element count.
         std::string streamError;
@@ -59,7 +58,8 @@ std::shared_ptr<Checkpoint> readTorchLegacy(std::shared_ptr<const MappedFile> fi
             const std::string key = k->kind == ValueKind::Int ? std::to_string(k->integer) : k->text;
             const int index = hooks.findStorage(key);
             if (index < 0) {
-                streamError = "storage '" + key + "' is listed but never used, so its element size is unknown";
+                streamError =
+                    "storage '" + key + "' is listed but never used, so its element size is unknown";
                 break;
             }
             StorageInfo& s = ck->storages[static_cast<std::size_t>(index)];
@@ -71,28 +71,30 @@ std::shared_ptr<Checkpoint> readTorchLegacy(std::shared_ptr<const MappedFile> fi
             const std::int64_t count = in.i64le();
             std::uint64_t bytes = 0;
             if (count < 0 || mulOverflow(static_cast<std::uint64_t>(count), dtypeSize(s.dtype), &bytes)) {
-                streamError = "storage '" + key + "' has an invalid element count at byte " + std::to_string(at);
+                streamError =
+                    "storage '" + key + "' has an invalid element count at byte " + std::to_string(at);
                 break;
             }
             s.fileOffset = in.absolutePosition();
             if (bytes > in.remaining()) {
-                s.error = "storage '" + key + "' declares " + std::to_string(bytes) + " bytes but the file holds only " +
-                          std::to_string(in.remaining()) + " more";
+                s.error = "storage '" + key + "' declares " + std::to_string(bytes) +
+                          " bytes but the file holds only " + std::to_string(in.remaining()) + " more";
                 streamError = "file ends inside storage '" + key + "'";
                 break;
             }
             if (bytes < s.nbytes)
-                s.error = "storage '" + key + "' holds " + std::to_string(bytes) + " bytes but the pickle declares " +
-                          std::to_string(s.nbytes);
+                s.error = "storage '" + key + "' holds " + std::to_string(bytes) +
+                          " bytes but the pickle declares " + std::to_string(s.nbytes);
             in.skip(static_cast<std::size_t>(bytes));
         }
         for (auto& s : ck->storages)
             if (s.error.empty() && s.fileOffset == 0 && s.viewOf < 0)
-                s.error = streamError.empty() ? "storage '" + s.key + "' is not in the storage list" : streamError;
+                s.error =
+                    streamError.empty() ? "storage '" + s.key + "' is not in the storage list" : streamError;
         resolveStorageViews(*ck);
         walkTree(*ck, hooks.globalFindings());
         checkTensorExtents(*ck);
-    compactPrototypes(*ck);
+        compactPrototypes(*ck);
         if (!streamError.empty() && !ck->hasErrors())
             ck->findings.push_back({Severity::Error, streamError, {}, {}, in.absolutePosition(), 0});
     } catch (const Error& e) {
@@ -101,8 +103,7 @@ std::shared_ptr<Checkpoint> readTorchLegacy(std::shared_ptr<const MappedFile> fi
     return ck;
 }
 
-std::shared_ptr<Checkpoint> readPlainPickle(std::shared_ptr<const MappedFile> file)
-{
+std::shared_ptr<Checkpoint> readPlainPickle(std::shared_ptr<const MappedFile> file) {
     auto ck = std::make_shared<Checkpoint>();
     ck->sources.push_back({file->path(), file});
     ck->arena = std::make_shared<ValueArena>();
@@ -113,9 +114,13 @@ std::shared_ptr<Checkpoint> readPlainPickle(std::shared_ptr<const MappedFile> fi
         Unpickler u(*ck->arena, hooks, file->bytes(), 0, "pickle");
         ck->root = u.load();
         if (u.position() < file->size())
-            ck->findings.push_back({Severity::Warning,
-                                    std::to_string(file->size() - u.position()) + " bytes follow the end of the pickle",
-                                    {}, {}, u.position(), 0});
+            ck->findings.push_back(
+                {Severity::Warning,
+                 std::to_string(file->size() - u.position()) + " bytes follow the end of the pickle",
+                 {},
+                 {},
+                 u.position(),
+                 0});
     } catch (const Error& e) {
         throw e.withFile(file->path());
     }

@@ -14,29 +14,68 @@ namespace {
 
 constexpr std::size_t kMaxDims = 64;
 
-bool isInt(const Value* v) { return v && v->kind == ValueKind::Int; }
-bool isTuple(const Value* v) { return v && (v->kind == ValueKind::Tuple || v->kind == ValueKind::List); }
-const Value* arg(const Value* args, std::size_t i)
-{
+bool isInt(const Value* v) {
+    return v && v->kind == ValueKind::Int;
+}
+bool isTuple(const Value* v) {
+    return v && (v->kind == ValueKind::Tuple || v->kind == ValueKind::List);
+}
+const Value* arg(const Value* args, std::size_t i) {
     return args && i < args->items.size() ? args->items[i] : nullptr;
 }
 
 // Whether an untrusted global may be shown as data without a finding: constructors of plain values.
-bool isPlainDataGlobal(const std::string& module, const std::string& name)
-{
+bool isPlainDataGlobal(const std::string& module, const std::string& name) {
     static const std::unordered_set<std::string> kSafe = {
-        "builtins.list", "builtins.dict", "builtins.tuple", "builtins.int", "builtins.float", "builtins.str",
-        "builtins.bool", "builtins.bytes", "builtins.slice", "builtins.range", "builtins.object",
-        "collections.defaultdict", "collections.deque", "copyreg._reconstructor", "torch.Tensor",
-        "torch.nn.parameter.Parameter", "torch.nn.parameter.Buffer", "torch.serialization._get_layout",
-        "torch.storage.TypedStorage", "torch.storage.UntypedStorage", "torch.qscheme",
-        "numpy.dtype", "numpy.ndarray", "numpy.core.multiarray._reconstruct", "numpy.core.multiarray.scalar",
-        "numpy._core.multiarray._reconstruct", "numpy._core.multiarray.scalar", "numpy.dtypes.Float64DType",
-        "numpy.dtypes.Float32DType", "numpy.dtypes.Int64DType", "numpy.dtypes.Int32DType",
-        "_codecs.encode", "builtins.set", "builtins.frozenset", "builtins.bytearray", "builtins.complex",
-        "collections.OrderedDict", "collections.Counter", "torch.Size", "torch.device",
-        "argparse.Namespace", "pathlib.PosixPath", "pathlib.WindowsPath", "datetime.datetime", "datetime.date",
-        "datetime.timedelta", "decimal.Decimal", "fractions.Fraction", "uuid.UUID",
+        "builtins.list",
+        "builtins.dict",
+        "builtins.tuple",
+        "builtins.int",
+        "builtins.float",
+        "builtins.str",
+        "builtins.bool",
+        "builtins.bytes",
+        "builtins.slice",
+        "builtins.range",
+        "builtins.object",
+        "collections.defaultdict",
+        "collections.deque",
+        "copyreg._reconstructor",
+        "torch.Tensor",
+        "torch.nn.parameter.Parameter",
+        "torch.nn.parameter.Buffer",
+        "torch.serialization._get_layout",
+        "torch.storage.TypedStorage",
+        "torch.storage.UntypedStorage",
+        "torch.qscheme",
+        "numpy.dtype",
+        "numpy.ndarray",
+        "numpy.core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray._reconstruct",
+        "numpy._core.multiarray.scalar",
+        "numpy.dtypes.Float64DType",
+        "numpy.dtypes.Float32DType",
+        "numpy.dtypes.Int64DType",
+        "numpy.dtypes.Int32DType",
+        "_codecs.encode",
+        "builtins.set",
+        "builtins.frozenset",
+        "builtins.bytearray",
+        "builtins.complex",
+        "collections.OrderedDict",
+        "collections.Counter",
+        "torch.Size",
+        "torch.device",
+        "argparse.Namespace",
+        "pathlib.PosixPath",
+        "pathlib.WindowsPath",
+        "datetime.datetime",
+        "datetime.date",
+        "datetime.timedelta",
+        "decimal.Decimal",
+        "fractions.Fraction",
+        "uuid.UUID",
     };
     if (module == "torch._utils" && name.starts_with("_rebuild_"))
         return true;
@@ -44,7 +83,8 @@ bool isPlainDataGlobal(const std::string& module, const std::string& name)
         return true;
     if (module == "torch.jit._pickle")
         return true;
-    if (module.starts_with("__torch__")) // TorchScript classes: described by the archive's code/, never imported here
+    if (module.starts_with(
+            "__torch__")) // TorchScript classes: described by the archive's code/, never imported here
         return true;
     if ((module == "torch" || module == "torch.cuda" || module == "torch.storage") &&
         (name.ends_with("Storage") || name.ends_with("Tensor")))
@@ -54,13 +94,11 @@ bool isPlainDataGlobal(const std::string& module, const std::string& name)
     return kSafe.count(module + "." + name) > 0;
 }
 
-std::string joinPath(const std::string& path, const std::string& key)
-{
+std::string joinPath(const std::string& path, const std::string& key) {
     return path.empty() ? key : path + "." + key;
 }
 
-std::string latin1FromUtf8(const std::string& s)
-{
+std::string latin1FromUtf8(const std::string& s) {
     std::string out;
     out.reserve(s.size());
     for (std::size_t i = 0; i < s.size(); ++i) {
@@ -68,7 +106,8 @@ std::string latin1FromUtf8(const std::string& s)
         if (c < 0x80) {
             out.push_back(static_cast<char>(c));
         } else if ((c & 0xE0) == 0xC0 && i + 1 < s.size()) {
-            out.push_back(static_cast<char>(((c & 0x1F) << 6) | (static_cast<unsigned char>(s[i + 1]) & 0x3F)));
+            out.push_back(
+                static_cast<char>(((c & 0x1F) << 6) | (static_cast<unsigned char>(s[i + 1]) & 0x3F)));
             ++i;
         } else {
             out.push_back('?');
@@ -79,20 +118,48 @@ std::string latin1FromUtf8(const std::string& s)
 
 } // namespace
 
-bool isDangerousGlobal(std::string_view module, std::string_view name)
-{
-    static constexpr std::array<std::string_view, 34> kModules{
-        "os", "posix", "nt", "subprocess", "_posixsubprocess", "sys", "socket", "runpy", "importlib", "marshal",
-        "types", "pty", "shutil", "pickle", "_pickle", "ctypes", "webbrowser", "code", "codeop", "pdb", "pip",
-        "commands", "httplib", "http", "requests", "urllib", "aiohttp", "asyncio", "multiprocessing", "signal",
-        "tempfile", "platform", "threading", "_thread"};
+bool isDangerousGlobal(std::string_view module, std::string_view name) {
+    static constexpr std::array<std::string_view, 34> kModules{"os",
+                                                               "posix",
+                                                               "nt",
+                                                               "subprocess",
+                                                               "_posixsubprocess",
+                                                               "sys",
+                                                               "socket",
+                                                               "runpy",
+                                                               "importlib",
+                                                               "marshal",
+                                                               "types",
+                                                               "pty",
+                                                               "shutil",
+                                                               "pickle",
+                                                               "_pickle",
+                                                               "ctypes",
+                                                               "webbrowser",
+                                                               "code",
+                                                               "codeop",
+                                                               "pdb",
+                                                               "pip",
+                                                               "commands",
+                                                               "httplib",
+                                                               "http",
+                                                               "requests",
+                                                               "urllib",
+                                                               "aiohttp",
+                                                               "asyncio",
+                                                               "multiprocessing",
+                                                               "signal",
+                                                               "tempfile",
+                                                               "platform",
+                                                               "threading",
+                                                               "_thread"};
     const std::string_view top = module.substr(0, module.find('.'));
     for (auto m : kModules)
         if (top == m)
             return true;
     static constexpr std::array<std::string_view, 16> kBuiltins{
-        "eval", "exec", "compile", "open", "getattr", "setattr", "delattr", "__import__", "apply", "execfile",
-        "input", "breakpoint", "globals", "locals", "vars", "memoryview"};
+        "eval",  "exec",     "compile", "open",       "getattr", "setattr", "delattr", "__import__",
+        "apply", "execfile", "input",   "breakpoint", "globals", "locals",  "vars",    "memoryview"};
     if (module == "builtins")
         for (auto n : kBuiltins)
             if (name == n)
@@ -103,7 +170,8 @@ bool isDangerousGlobal(std::string_view module, std::string_view name)
         return true;
     if ((module == "torch" || module == "torch.serialization") && (name == "load" || name == "save"))
         return true;
-    if (module == "torch._C" || module.starts_with("torch._C.") || module == "torch.hub" || module == "torch.jit")
+    if (module == "torch._C" || module.starts_with("torch._C.") || module == "torch.hub" ||
+        module == "torch.jit")
         return true;
     if (module.starts_with("numpy") && (name == "load" || name == "runstring" || name == "fromfile"))
         return true;
@@ -111,14 +179,12 @@ bool isDangerousGlobal(std::string_view module, std::string_view name)
 }
 
 TorchPickleHooks::TorchPickleHooks(Checkpoint& checkpoint)
-    : m_ck(checkpoint)
-{
+    : m_ck(checkpoint) {
     m_storageByKey.reserve(1024);
 }
 
 Value* TorchPickleHooks::global(ValueArena& arena, std::string_view module, std::string_view name,
-                                std::uint64_t offset)
-{
+                                std::uint64_t offset) {
     Value* g = PickleHooks::global(arena, module, name, offset);
     const std::string m(module), n(name);
     g->plainData = isPlainDataGlobal(m, n);
@@ -132,16 +198,16 @@ Value* TorchPickleHooks::global(ValueArena& arena, std::string_view module, std:
         f.global = qname;
         f.offset = offset;
         f.message = g->dangerous ? "references " + qname + ", a known way to run code; it was not run"
-                                 : "references " + qname + ", which is not a known data type; it is shown as an "
-                                                           "opaque object and was never imported";
+                                 : "references " + qname +
+                                       ", which is not a known data type; it is shown as an "
+                                       "opaque object and was never imported";
         m_globalFindings.emplace(qname, m_ck.findings.size());
         m_ck.findings.push_back(std::move(f));
     }
     return g;
 }
 
-int TorchPickleHooks::findStorage(const std::string& key) const
-{
+int TorchPickleHooks::findStorage(const std::string& key) const {
     std::uint32_t number = 0;
     const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), number);
     if (ec == std::errc() && end == key.data() + key.size() && number < m_storageByNumber.size() &&
@@ -151,8 +217,7 @@ int TorchPickleHooks::findStorage(const std::string& key) const
     return it == m_storageByKey.end() ? -1 : it->second;
 }
 
-Value* TorchPickleHooks::makeTensor(ValueArena& arena, TensorInfo proto, std::uint64_t offset)
-{
+Value* TorchPickleHooks::makeTensor(ValueArena& arena, TensorInfo proto, std::uint64_t offset) {
     Value* t = arena.make(ValueKind::Tensor);
     (void)offset;
     t->integer = static_cast<std::int64_t>(m_ck.prototypes.size());
@@ -163,8 +228,7 @@ Value* TorchPickleHooks::makeTensor(ValueArena& arena, TensorInfo proto, std::ui
 
 Value* TorchPickleHooks::rebuildStrided(ValueArena& arena, const Value* storage, const Value* offset,
                                         const Value* size, const Value* stride, std::optional<DType> dtype,
-                                        std::uint64_t at)
-{
+                                        std::uint64_t at) {
     TensorInfo t;
     auto bad = [&](const std::string& why) {
         t.error = why;
@@ -201,8 +265,7 @@ Value* TorchPickleHooks::rebuildStrided(ValueArena& arena, const Value* storage,
     return makeTensor(arena, std::move(t), at);
 }
 
-Value* TorchPickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint64_t offset)
-{
+Value* TorchPickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint64_t offset) {
     // Legacy whole-module saves: ('module', class, source file, source). The class was recorded by its
     // GLOBAL; the source text is data, and nothing here runs it.
     if (pid && pid->kind == ValueKind::Tuple && pid->items.size() >= 2 &&
@@ -213,8 +276,8 @@ Value* TorchPickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint
     if (!pid || pid->kind != ValueKind::Tuple || pid->items.size() < 5 ||
         (pid->items[0]->kind != ValueKind::String && pid->items[0]->kind != ValueKind::Bytes) ||
         pid->items[0]->text != "storage")
-        throw Error(ErrorCode::Malformed, "persistent id is not a ('storage', type, key, location, size) tuple", {},
-                    offset);
+        throw Error(ErrorCode::Malformed,
+                    "persistent id is not a ('storage', type, key, location, size) tuple", {}, offset);
     const Value* type = pid->items[1];
     const Value* key = pid->items[2];
     const Value* location = pid->items[3];
@@ -226,12 +289,15 @@ Value* TorchPickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint
     if (index < 0) {
         StorageInfo s;
         s.key = keyText;
-        s.device = location->kind == ValueKind::String || location->kind == ValueKind::Bytes ? location->text : "?";
+        s.device =
+            location->kind == ValueKind::String || location->kind == ValueKind::Bytes ? location->text : "?";
         std::optional<DType> dt;
         if (type->kind == ValueKind::Global)
-            dt = type->name() == "UntypedStorage" ? std::optional<DType>(DType::UInt8) : dtypeFromStorageName(type->name());
+            dt = type->name() == "UntypedStorage" ? std::optional<DType>(DType::UInt8)
+                                                  : dtypeFromStorageName(type->name());
         if (!dt)
-            throw Error(ErrorCode::Malformed, "storage '" + keyText + "' has unknown type " + valueRepr(type), {}, offset);
+            throw Error(ErrorCode::Malformed, "storage '" + keyText + "' has unknown type " + valueRepr(type),
+                        {}, offset);
         s.dtype = *dt;
         if (!isInt(numel) || numel->integer < 0)
             throw Error(ErrorCode::Malformed, "storage '" + keyText + "' has an invalid size", {}, offset);
@@ -257,7 +323,8 @@ Value* TorchPickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint
     Value* v = arena.make(ValueKind::Storage);
     v->integer = storageIndex;
     // Legacy views: (view_key, offset, size) into the storage named by `key`.
-    if (pid->items.size() >= 6 && pid->items[5]->kind == ValueKind::Tuple && pid->items[5]->items.size() == 3) {
+    if (pid->items.size() >= 6 && pid->items[5]->kind == ValueKind::Tuple &&
+        pid->items[5]->items.size() == 3) {
         const Value* vk = pid->items[5]->items[0];
         const Value* vo = pid->items[5]->items[1];
         const Value* vs = pid->items[5]->items[2];
@@ -282,8 +349,7 @@ Value* TorchPickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint
 }
 
 Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, Value* callable, Value* args,
-                                   CallKind how, std::uint64_t offset, bool* handled)
-{
+                                   CallKind how, std::uint64_t offset, bool* handled) {
     *handled = true;
     const Value* a0 = arg(args, 0);
     const Value* a1 = arg(args, 1);
@@ -331,8 +397,9 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
             const std::string scheme(q->items[0]->name());
             if ((scheme == "per_tensor_affine" || scheme == "per_tensor_symmetric") && q->items.size() >= 3) {
                 p.quant.scheme = QuantInfo::Scheme::PerTensorAffine;
-                p.quant.scale = q->items[1]->kind == ValueKind::Float ? q->items[1]->real
-                                                                      : static_cast<double>(q->items[1]->integer);
+                p.quant.scale = q->items[1]->kind == ValueKind::Float
+                                    ? q->items[1]->real
+                                    : static_cast<double>(q->items[1]->integer);
                 p.quant.zeroPoint = q->items[2]->integer;
             } else if (scheme.starts_with("per_channel") && q->items.size() >= 4 &&
                        q->items[1]->kind == ValueKind::Tensor && q->items[2]->kind == ValueKind::Tensor &&
@@ -341,7 +408,8 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
                 p.quant.scalesTensor = static_cast<int>(q->items[1]->integer);
                 p.quant.zeroPointsTensor = static_cast<int>(q->items[2]->integer);
                 p.quant.axis = static_cast<int>(q->items[3]->integer);
-                if (p.quant.axis < 0 || static_cast<std::size_t>(p.quant.axis) >= std::max<std::size_t>(p.shape.size(), 1))
+                if (p.quant.axis < 0 ||
+                    static_cast<std::size_t>(p.quant.axis) >= std::max<std::size_t>(p.shape.size(), 1))
                     p.error = "quantization axis out of range";
             } else {
                 p.error = "unsupported quantization scheme " + scheme;
@@ -353,14 +421,18 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
             p.requiresGrad = rg->boolean;
         return t;
     }
-    if (qname == "torch._utils._rebuild_sparse_tensor" || qname == "torch._utils._rebuild_sparse_csr_tensor") {
+    if (qname == "torch._utils._rebuild_sparse_tensor" ||
+        qname == "torch._utils._rebuild_sparse_csr_tensor") {
         // (layout, (indices, values, size[, coalesced])) or CSR (crow, col, values, size)
         TensorInfo t;
         const Value* data = a1;
-        const bool csr = qname.ends_with("csr_tensor") || (a0 && a0->kind == ValueKind::String && a0->text.find("csr") != std::string::npos);
+        const bool csr = qname.ends_with("csr_tensor") ||
+                         (a0 && a0->kind == ValueKind::String && a0->text.find("csr") != std::string::npos);
         t.layout = csr ? Layout::SparseCsr : Layout::SparseCoo;
         const Value* values = data && data->items.size() >= 3 ? data->items[csr ? 2 : 1] : nullptr;
-        const Value* size = data && !data->items.empty() ? data->items[csr ? std::min<std::size_t>(3, data->items.size() - 1) : 2] : nullptr;
+        const Value* size = data && !data->items.empty()
+                                ? data->items[csr ? std::min<std::size_t>(3, data->items.size() - 1) : 2]
+                                : nullptr;
         if (values && values->kind == ValueKind::Tensor) {
             const auto& vp = m_ck.prototypes[static_cast<std::size_t>(values->integer)];
             t.dtype = vp.dtype;
@@ -370,10 +442,12 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
             for (const Value* d : size->items)
                 t.shape.push_back(isInt(d) ? d->integer : 0);
         t.strides.assign(t.shape.size(), 0);
-        t.error = std::string("sparse ") + (csr ? "CSR" : "COO") + " tensor: values are not read as a dense array";
+        t.error =
+            std::string("sparse ") + (csr ? "CSR" : "COO") + " tensor: values are not read as a dense array";
         return makeTensor(arena, std::move(t), offset);
     }
-    if (qname == "torch._utils._rebuild_meta_tensor_no_storage" || qname == "torch._utils._rebuild_wrapper_subclass") {
+    if (qname == "torch._utils._rebuild_meta_tensor_no_storage" ||
+        qname == "torch._utils._rebuild_wrapper_subclass") {
         const bool wrapper = qname.ends_with("subclass");
         const Value* dt = arg(args, wrapper ? 1 : 0);
         const Value* size = arg(args, wrapper ? 2 : 1);
@@ -433,7 +507,8 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
         qname == "collections.defaultdict") {
         Value* d = arena.make(ValueKind::Dict);
         d->isOrderedDict = qname == "collections.OrderedDict";
-        if (qname != "collections.defaultdict" && a0 && (a0->kind == ValueKind::List || a0->kind == ValueKind::Tuple))
+        if (qname != "collections.defaultdict" && a0 &&
+            (a0->kind == ValueKind::List || a0->kind == ValueKind::Tuple))
             for (const Value* pair : a0->items)
                 if (pair->kind == ValueKind::Tuple && pair->items.size() == 2) {
                     d->items.push_back(pair->items[0]);
@@ -530,8 +605,8 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
     return nullptr;
 }
 
-Value* TorchPickleHooks::call(ValueArena& arena, Value* callable, Value* args, CallKind how, std::uint64_t offset)
-{
+Value* TorchPickleHooks::call(ValueArena& arena, Value* callable, Value* args, CallKind how,
+                              std::uint64_t offset) {
     if (callable && callable->kind == ValueKind::Global) {
         const std::string qname = callable->qualifiedName();
         bool handled = false;
@@ -550,23 +625,26 @@ Value* TorchPickleHooks::call(ValueArena& arena, Value* callable, Value* args, C
         // Not a known data constructor: an opaque record of the attempted call.
         if (auto it = m_globalFindings.find(qname); it != m_globalFindings.end()) {
             Finding& f = m_ck.findings[it->second];
-            const char* op = how == CallKind::Reduce ? "REDUCE" : how == CallKind::NewObj ? "NEWOBJ"
-                             : how == CallKind::Inst ? "INST" : "OBJ";
+            const char* op = how == CallKind::Reduce   ? "REDUCE"
+                             : how == CallKind::NewObj ? "NEWOBJ"
+                             : how == CallKind::Inst   ? "INST"
+                                                       : "OBJ";
             const std::string callText = qname + valueRepr(args, 120);
-            f.message = callable->dangerous
-                            ? "tries to call " + callText + " (via " + op + "), a known way to run code; it was not run"
-                            : "instantiates " + qname + " (via " + op + "), which is not a known data type; shown as "
-                                                                         "an opaque object, nothing was imported or run";
+            f.message = callable->dangerous ? "tries to call " + callText + " (via " + op +
+                                                  "), a known way to run code; it was not run"
+                                            : "instantiates " + qname + " (via " + op +
+                                                  "), which is not a known data type; shown as "
+                                                  "an opaque object, nothing was imported or run";
             f.offset = offset;
         }
     }
     return PickleHooks::call(arena, callable, args, how, offset);
 }
 
-void TorchPickleHooks::build(ValueArena& arena, Value* object, Value* state, std::uint64_t offset)
-{
+void TorchPickleHooks::build(ValueArena& arena, Value* object, Value* state, std::uint64_t offset) {
     // Pre-0.4 tensors: a tensor class instantiated empty, then BUILD with (storage, offset, size, stride).
-    if (object->kind == ValueKind::Object && (object->module() == "torch" || object->module() == "torch.cuda") &&
+    if (object->kind == ValueKind::Object &&
+        (object->module() == "torch" || object->module() == "torch.cuda") &&
         dtypeFromTensorClassName(object->name()) && state && state->kind == ValueKind::Tuple &&
         state->items.size() >= 4) {
         Value* t = rebuildStrided(arena, state->items[0], state->items[1], state->items[2], state->items[3],
@@ -587,8 +665,7 @@ namespace {
 constexpr int kMaxDepth = 400;
 constexpr std::size_t kMaxVisits = 50'000'000;
 
-bool isScalarLeaf(const Value* v)
-{
+bool isScalarLeaf(const Value* v) {
     switch (v->kind) {
     case ValueKind::None:
     case ValueKind::Bool:
@@ -605,8 +682,7 @@ bool isScalarLeaf(const Value* v)
     }
 }
 
-const Value* dictGet(const Value* dict, std::string_view key)
-{
+const Value* dictGet(const Value* dict, std::string_view key) {
     if (!dict || dict->kind != ValueKind::Dict)
         return nullptr;
     for (std::size_t i = 0; i + 1 < dict->items.size(); i += 2)
@@ -619,15 +695,12 @@ class Walker {
 public:
     Walker(Checkpoint& ck, const std::unordered_map<std::string, std::size_t>& findings)
         : m_ck(ck)
-        , m_findings(findings)
-    {
-    }
+        , m_findings(findings) {}
 
-    void walk(const Value* v, const std::string& path, int depth)
-    {
+    void walk(const Value* v, const std::string& path, int depth) {
         if (++m_visits > kMaxVisits) {
-            warnOnce(m_budgetWarned, "the object tree is too large; names beyond " + std::to_string(kMaxVisits) +
-                                         " visited nodes are not listed");
+            warnOnce(m_budgetWarned, "the object tree is too large; names beyond " +
+                                         std::to_string(kMaxVisits) + " visited nodes are not listed");
             return;
         }
         if (depth > kMaxDepth) {
@@ -682,8 +755,7 @@ public:
     }
 
 private:
-    void walkObject(const Value* v, const std::string& path, int depth)
-    {
+    void walkObject(const Value* v, const std::string& path, int depth) {
         noteObject(v, path);
         const Value* state = v->state;
         // A pickled nn.Module: name its tensors as state_dict() does (parameters, buffers, then children).
@@ -728,15 +800,13 @@ private:
         m_ck.values.push_back({path, v});
     }
 
-    void noteObject(const Value* v, const std::string& path)
-    {
+    void noteObject(const Value* v, const std::string& path) {
         const auto it = m_findings.find(v->qualifiedName());
         if (it != m_findings.end() && m_ck.findings[it->second].object.empty())
             m_ck.findings[it->second].object = path.empty() ? "(root)" : path;
     }
 
-    void warnOnce(bool& flag, const std::string& message)
-    {
+    void warnOnce(bool& flag, const std::string& message) {
         if (flag)
             return;
         flag = true;
@@ -752,8 +822,7 @@ private:
 
 } // namespace
 
-void walkTree(Checkpoint& checkpoint, const std::unordered_map<std::string, std::size_t>& globalFindings)
-{
+void walkTree(Checkpoint& checkpoint, const std::unordered_map<std::string, std::size_t>& globalFindings) {
     if (!checkpoint.root)
         return;
     checkpoint.protoToTensor.assign(checkpoint.prototypes.size(), -1);
@@ -762,8 +831,7 @@ void walkTree(Checkpoint& checkpoint, const std::unordered_map<std::string, std:
     w.walk(checkpoint.root, "", 0);
 }
 
-void checkTensorExtents(Checkpoint& ck)
-{
+void checkTensorExtents(Checkpoint& ck) {
     std::vector<bool> reported(ck.storages.size(), false);
     auto check = [&](TensorInfo& t, bool report) {
         if (!t.error.empty() || t.storage < 0 || t.layout != Layout::Strided)
@@ -773,18 +841,26 @@ void checkTensorExtents(Checkpoint& ck)
             t.error = s.error;
             if (report && !reported[static_cast<std::size_t>(t.storage)]) {
                 reported[static_cast<std::size_t>(t.storage)] = true;
-                ck.findings.push_back({Severity::Error, s.error, t.name, {}, s.error.empty() ? std::optional<std::uint64_t>{} : std::optional<std::uint64_t>{s.fileOffset}, s.source});
+                ck.findings.push_back({Severity::Error,
+                                       s.error,
+                                       t.name,
+                                       {},
+                                       s.error.empty() ? std::optional<std::uint64_t>{}
+                                                       : std::optional<std::uint64_t>{s.fileOffset},
+                                       s.source});
             }
             return;
         }
         if (t.numel() == 0)
             return;
-        // Highest element index the view touches, overflow-checked: (offset + sum((size-1)*stride) + 1) * elsize.
+        // Highest element index the view touches, overflow-checked: (offset + sum((size-1)*stride) + 1) *
+        // elsize.
         std::uint64_t last = static_cast<std::uint64_t>(t.storageOffset);
         bool overflow = false;
         for (std::size_t i = 0; i < t.shape.size(); ++i) {
             std::uint64_t span = 0;
-            overflow |= mulOverflow(static_cast<std::uint64_t>(t.shape[i] - 1), static_cast<std::uint64_t>(t.strides[i]), &span);
+            overflow |= mulOverflow(static_cast<std::uint64_t>(t.shape[i] - 1),
+                                    static_cast<std::uint64_t>(t.strides[i]), &span);
             overflow |= addOverflow(last, span, &last);
         }
         std::uint64_t need = 0;
@@ -808,8 +884,7 @@ void checkTensorExtents(Checkpoint& ck)
 
 namespace ckpt {
 
-void resolveStorageViews(Checkpoint& ck)
-{
+void resolveStorageViews(Checkpoint& ck) {
     for (auto& s : ck.storages) {
         if (s.viewOf < 0)
             continue;
@@ -821,15 +896,13 @@ void resolveStorageViews(Checkpoint& ck)
     }
 }
 
-const TensorInfo& prototype(const Checkpoint& ck, std::size_t index)
-{
+const TensorInfo& prototype(const Checkpoint& ck, std::size_t index) {
     if (index < ck.protoToTensor.size() && ck.protoToTensor[index] >= 0)
         return ck.tensors[static_cast<std::size_t>(ck.protoToTensor[index])];
     return ck.prototypes.at(index);
 }
 
-void compactPrototypes(Checkpoint& ck)
-{
+void compactPrototypes(Checkpoint& ck) {
     std::map<int, TensorInfo> keep;
     for (const auto& t : ck.tensors)
         if (t.quant.scheme == QuantInfo::Scheme::PerChannelAffine)

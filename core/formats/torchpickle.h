@@ -31,14 +31,14 @@ public:
     explicit TorchPickleHooks(Checkpoint& checkpoint);
 
     // Storages of different pickles of one archive are kept apart (TorchScript constants: space 1).
-    void setStorageSpace(std::uint8_t space, std::string ns)
-    {
+    void setStorageSpace(std::uint8_t space, std::string ns) {
         m_space = space;
         m_namespace = std::move(ns);
         m_storageByNumber.clear();
     }
 
-    Value* global(ValueArena& arena, std::string_view module, std::string_view name, std::uint64_t offset) override;
+    Value* global(ValueArena& arena, std::string_view module, std::string_view name,
+                  std::uint64_t offset) override;
     Value* call(ValueArena& arena, Value* callable, Value* args, CallKind how, std::uint64_t offset) override;
     void build(ValueArena& arena, Value* object, Value* state, std::uint64_t offset) override;
     Value* persistentLoad(ValueArena& arena, Value* pid, std::uint64_t offset) override;

@@ -10,8 +10,7 @@ namespace {
 
 constexpr std::uint64_t kMaxPickleBytes = 4ull << 30;
 
-std::string trim(std::string s)
-{
+std::string trim(std::string s) {
     while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' '))
         s.pop_back();
     return s;
@@ -19,8 +18,7 @@ std::string trim(std::string s)
 
 } // namespace
 
-std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file)
-{
+std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file) {
     auto ck = std::make_shared<Checkpoint>();
     ck->sources.push_back({file->path(), file});
     ck->arena = std::make_shared<ValueArena>();
@@ -41,14 +39,17 @@ std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file)
             ++outside;
     if (outside)
         ck->findings.push_back({Severity::Warning,
-                                std::to_string(outside) + " archive entries lie outside the folder '" + prefix +
-                                    "'; PyTorch refuses such archives",
-                                {}, {}, {}, 0});
+                                std::to_string(outside) + " archive entries lie outside the folder '" +
+                                    prefix + "'; PyTorch refuses such archives",
+                                {},
+                                {},
+                                {},
+                                0});
 
     const ZipEntry* pkl = zip.find(prefix + "data.pkl");
     if (!pkl)
-        throw Error(ErrorCode::Malformed, "archive has no '" + prefix + "data.pkl' record; not a PyTorch checkpoint",
-                    path);
+        throw Error(ErrorCode::Malformed,
+                    "archive has no '" + prefix + "data.pkl' record; not a PyTorch checkpoint", path);
     const bool torchscript = zip.find(prefix + "constants.pkl") != nullptr;
     ck->format = torchscript ? "torchscript" : "pytorch-zip";
 
@@ -62,22 +63,44 @@ std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file)
         std::uint64_t v = 0;
         const auto [p, ec] = std::from_chars(versionText.data(), versionText.data() + versionText.size(), v);
         if (ec != std::errc() || p != versionText.data() + versionText.size())
-            ck->findings.push_back({Severity::Warning, "version record '" + versionText + "' is not a number", {}, {}, ver->dataOffset, 0});
+            ck->findings.push_back({Severity::Warning,
+                                    "version record '" + versionText + "' is not a number",
+                                    {},
+                                    {},
+                                    ver->dataOffset,
+                                    0});
         else if (v < 1 || v > 10)
-            ck->findings.push_back({Severity::Warning, "format version " + versionText + " is outside 1..10, which PyTorch refuses", {}, {}, ver->dataOffset, 0});
+            ck->findings.push_back(
+                {Severity::Warning,
+                 "format version " + versionText + " is outside 1..10, which PyTorch refuses",
+                 {},
+                 {},
+                 ver->dataOffset,
+                 0});
     } else {
-        ck->findings.push_back({Severity::Warning, "archive has no readable version record; PyTorch would refuse it", {}, {}, {}, 0});
+        ck->findings.push_back({Severity::Warning,
+                                "archive has no readable version record; PyTorch would refuse it",
+                                {},
+                                {},
+                                {},
+                                0});
     }
     bool bigEndian = false;
-    if (const ZipEntry* bo = zip.find(prefix + "byteorder"); bo && bo->problem.empty() && bo->uncompressedSize <= 16) {
+    if (const ZipEntry* bo = zip.find(prefix + "byteorder");
+        bo && bo->problem.empty() && bo->uncompressedSize <= 16) {
         const std::string order = trim(zip.read(*bo, 16));
         if (order == "big")
             bigEndian = true;
         else if (order != "little")
-            ck->findings.push_back({Severity::Warning, "unknown byteorder '" + order + "', assuming little", {}, {}, bo->dataOffset, 0});
+            ck->findings.push_back({Severity::Warning,
+                                    "unknown byteorder '" + order + "', assuming little",
+                                    {},
+                                    {},
+                                    bo->dataOffset,
+                                    0});
     }
-    ck->formatDetail = std::string(torchscript ? "TorchScript archive" : "PyTorch zip (torch.save)") + ", folder '" +
-                       prefix.substr(0, prefix.size() - 1) + "'" +
+    ck->formatDetail = std::string(torchscript ? "TorchScript archive" : "PyTorch zip (torch.save)") +
+                       ", folder '" + prefix.substr(0, prefix.size() - 1) + "'" +
                        (versionText.empty() ? "" : ", format version " + versionText) +
                        (bigEndian ? ", big-endian" : "");
 
@@ -130,8 +153,9 @@ std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file)
         }
         s.fileOffset = e->dataOffset;
         if (e->uncompressedSize < s.nbytes)
-            s.error = "storage '" + s.key + "' declares " + std::to_string(s.nbytes) + " bytes but its record '" +
-                      record + "' holds only " + std::to_string(e->uncompressedSize);
+            s.error = "storage '" + s.key + "' declares " + std::to_string(s.nbytes) +
+                      " bytes but its record '" + record + "' holds only " +
+                      std::to_string(e->uncompressedSize);
     }
     resolveStorageViews(*ck);
 

@@ -19,9 +19,7 @@ public:
     ByteReader(std::span<const std::uint8_t> data, std::uint64_t base = 0, std::string context = {})
         : m_data(data)
         , m_base(base)
-        , m_context(std::move(context))
-    {
-    }
+        , m_context(std::move(context)) {}
 
     std::size_t size() const noexcept { return m_data.size(); }
     std::size_t position() const noexcept { return m_pos; }
@@ -30,8 +28,7 @@ public:
     std::uint64_t absolutePosition() const noexcept { return m_base + m_pos; }
     const std::string& context() const noexcept { return m_context; }
 
-    void seek(std::size_t pos)
-    {
+    void seek(std::size_t pos) {
         if (pos > m_data.size())
             fail(ErrorCode::OutOfBounds, "offset " + std::to_string(pos) + " is past the end (" +
                                              std::to_string(m_data.size()) + " bytes)");
@@ -45,8 +42,7 @@ public:
     std::uint64_t u64le() { return load<std::uint64_t>(); }
     std::int32_t i32le() { return static_cast<std::int32_t>(load<std::uint32_t>()); }
     std::int64_t i64le() { return static_cast<std::int64_t>(load<std::uint64_t>()); }
-    double f64be()
-    {
+    double f64be() {
         std::uint64_t v = 0;
         const std::uint8_t* p = take(8);
         for (int i = 0; i < 8; ++i)
@@ -55,14 +51,12 @@ public:
     }
 
     std::span<const std::uint8_t> bytes(std::size_t n) { return {take(n), n}; }
-    std::string_view stringView(std::size_t n)
-    {
+    std::string_view stringView(std::size_t n) {
         const std::uint8_t* p = take(n);
         return {reinterpret_cast<const char*>(p), n};
     }
     // Up to and excluding '\n', which is consumed; at most `maxLen` bytes.
-    std::string_view line(std::size_t maxLen)
-    {
+    std::string_view line(std::size_t maxLen) {
         const std::size_t limit = std::min(remaining(), maxLen + 1);
         const auto* start = m_data.data() + m_pos;
         const void* nl = std::memchr(start, '\n', limit);
@@ -76,14 +70,12 @@ public:
         return {reinterpret_cast<const char*>(start), n};
     }
 
-    [[noreturn]] void fail(ErrorCode code, const std::string& what) const
-    {
+    [[noreturn]] void fail(ErrorCode code, const std::string& what) const {
         throw Error(code, m_context.empty() ? what : m_context + ": " + what, {}, absolutePosition());
     }
 
 private:
-    const std::uint8_t* take(std::size_t n)
-    {
+    const std::uint8_t* take(std::size_t n) {
         if (n > remaining())
             fail(ErrorCode::Truncated, "needs " + std::to_string(n) + " bytes but only " +
                                            std::to_string(remaining()) + " are left");
@@ -91,9 +83,7 @@ private:
         m_pos += n;
         return p;
     }
-    template <typename T>
-    T load()
-    {
+    template <typename T> T load() {
         T v;
         std::memcpy(&v, take(sizeof(T)), sizeof(T));
         if constexpr (std::endian::native == std::endian::big) {
@@ -114,7 +104,11 @@ private:
 };
 
 // Overflow-checked arithmetic for sizes computed from untrusted numbers.
-inline bool mulOverflow(std::uint64_t a, std::uint64_t b, std::uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
-inline bool addOverflow(std::uint64_t a, std::uint64_t b, std::uint64_t* out) { return __builtin_add_overflow(a, b, out); }
+inline bool mulOverflow(std::uint64_t a, std::uint64_t b, std::uint64_t* out) {
+    return __builtin_mul_overflow(a, b, out);
+}
+inline bool addOverflow(std::uint64_t a, std::uint64_t b, std::uint64_t* out) {
+    return __builtin_add_overflow(a, b, out);
+}
 
 } // namespace ckpt

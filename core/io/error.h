@@ -9,16 +9,16 @@ namespace ckpt {
 
 // One kind per failure, so callers and tests can tell them apart without matching on text.
 enum class ErrorCode {
-    Io,           // the operating system refused (open, stat, mmap)
-    Truncated,    // the file ends before a structure it declares
-    BadMagic,     // not a file of this format
-    Unsupported,  // a valid file using a feature this reader does not handle
-    Malformed,    // a structure violates its format's rules
-    Limit,        // a declared count, length or depth beyond the reader's caps
-    OutOfBounds,  // an offset or size that points outside the file or its record
-    NotFound,     // a name the caller asked for does not exist
-    Changed,      // the file changed on disk while it was open
-    Cancelled,    // the caller's progress callback asked to stop
+    Io,          // the operating system refused (open, stat, mmap)
+    Truncated,   // the file ends before a structure it declares
+    BadMagic,    // not a file of this format
+    Unsupported, // a valid file using a feature this reader does not handle
+    Malformed,   // a structure violates its format's rules
+    Limit,       // a declared count, length or depth beyond the reader's caps
+    OutOfBounds, // an offset or size that points outside the file or its record
+    NotFound,    // a name the caller asked for does not exist
+    Changed,     // the file changed on disk while it was open
+    Cancelled,   // the caller's progress callback asked to stop
 };
 
 const char* errorCodeName(ErrorCode code);
@@ -26,8 +26,8 @@ const char* errorCodeName(ErrorCode code);
 // Message, plus where: the file, the byte offset in it, and the tensor or record concerned.
 class Error : public std::runtime_error {
 public:
-    Error(ErrorCode code, std::string message, std::string file = {}, std::optional<std::uint64_t> offset = {},
-          std::string object = {});
+    Error(ErrorCode code, std::string message, std::string file = {},
+          std::optional<std::uint64_t> offset = {}, std::string object = {});
 
     ErrorCode code() const noexcept { return m_code; }
     const std::string& message() const noexcept { return m_message; }

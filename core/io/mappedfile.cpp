@@ -17,10 +17,9 @@ namespace ckpt {
 namespace {
 
 thread_local sigjmp_buf* t_guard = nullptr;
-struct sigaction g_previousBus{};
+struct sigaction g_previousBus {};
 
-void onSigbus(int sig, siginfo_t* info, void* ctx)
-{
+void onSigbus(int sig, siginfo_t* info, void* ctx) {
     if (t_guard)
         siglongjmp(*t_guard, 1);
     // Not ours: hand over to whoever was installed before, or die as the default would.
@@ -37,11 +36,10 @@ void onSigbus(int sig, siginfo_t* info, void* ctx)
     raise(sig);
 }
 
-void installSigbusHandler()
-{
+void installSigbusHandler() {
     static std::once_flag once;
     std::call_once(once, [] {
-        struct sigaction sa{};
+        struct sigaction sa {};
         sa.sa_sigaction = onSigbus;
         sa.sa_flags = SA_SIGINFO | SA_NODEFER;
         sigemptyset(&sa.sa_mask);
@@ -49,8 +47,7 @@ void installSigbusHandler()
     });
 }
 
-std::int64_t mtimeNs(const struct stat& st)
-{
+std::int64_t mtimeNs(const struct stat& st) {
     return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
 }
 
@@ -60,23 +57,21 @@ struct CopyJob {
     std::size_t n;
 };
 
-void runCopy(void* ctx)
-{
+void runCopy(void* ctx) {
     auto* job = static_cast<CopyJob*>(ctx);
     std::memcpy(job->dst, job->src, job->n);
 }
 
 } // namespace
 
-std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path)
-{
+std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
     installSigbusHandler();
     std::shared_ptr<MappedFile> f(new MappedFile);
     f->m_path = path;
     f->m_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (f->m_fd < 0)
         throw Error(ErrorCode::Io, std::string("cannot open: ") + std::strerror(errno), path);
-    struct stat st{};
+    struct stat st {};
     if (fstat(f->m_fd, &st) != 0)
         throw Error(ErrorCode::Io, std::string("cannot stat: ") + std::strerror(errno), path);
     if (S_ISDIR(st.st_mode))
@@ -99,8 +94,7 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path)
     return f;
 }
 
-std::shared_ptr<const MappedFile> MappedFile::fromBuffer(std::string name, std::string bytes)
-{
+std::shared_ptr<const MappedFile> MappedFile::fromBuffer(std::string name, std::string bytes) {
     std::shared_ptr<MappedFile> f(new MappedFile);
     f->m_path = std::move(name);
     f->m_buffer = std::move(bytes);
@@ -109,19 +103,18 @@ std::shared_ptr<const MappedFile> MappedFile::fromBuffer(std::string name, std::
     return f;
 }
 
-MappedFile::~MappedFile()
-{
+MappedFile::~MappedFile() {
     if (m_mapped)
         munmap(const_cast<std::uint8_t*>(m_data), m_size);
     if (m_fd >= 0)
         ::close(m_fd);
 }
 
-bool MappedFile::changedOnDisk() const
-{
+bool MappedFile::changedOnDisk() const {
     if (m_fd < 0)
         return false;
-    struct stat open{}, now{};
+    struct stat open {
+    }, now{};
     if (fstat(m_fd, &open) != 0)
         return true;
     if (static_cast<std::uint64_t>(open.st_size) != m_size || mtimeNs(open) != m_mtimeNs)
@@ -132,17 +125,16 @@ bool MappedFile::changedOnDisk() const
     return now.st_ino != m_inode || now.st_dev != m_device;
 }
 
-void MappedFile::ensureReadable(std::uint64_t end) const
-{
+void MappedFile::ensureReadable(std::uint64_t end) const {
     if (m_fd < 0)
         return;
-    struct stat st{};
+    struct stat st {};
     if (fstat(m_fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < end)
-        throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it", m_path);
+        throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it",
+                    m_path);
 }
 
-bool MappedFile::readAt(std::uint64_t offset, std::size_t n, void* dst) const
-{
+bool MappedFile::readAt(std::uint64_t offset, std::size_t n, void* dst) const {
     if (offset > m_size || n > m_size - offset)
         return false;
     if (m_fd < 0) {
@@ -163,8 +155,7 @@ bool MappedFile::readAt(std::uint64_t offset, std::size_t n, void* dst) const
     return true;
 }
 
-bool MappedFile::copyGuarded(std::uint64_t offset, std::size_t n, void* dst) const
-{
+bool MappedFile::copyGuarded(std::uint64_t offset, std::size_t n, void* dst) const {
     if (offset > m_size || n > m_size - offset)
         return false;
     if (!m_mapped) {
@@ -176,8 +167,7 @@ bool MappedFile::copyGuarded(std::uint64_t offset, std::size_t n, void* dst) con
 }
 
 // Kept out of line and free of objects with destructors: siglongjmp may leave it at any instruction.
-__attribute__((noinline)) bool MappedFile::runGuarded(void (*fn)(void*), void* ctx)
-{
+__attribute__((noinline)) bool MappedFile::runGuarded(void (*fn)(void*), void* ctx) {
     installSigbusHandler();
     sigjmp_buf env;
     sigjmp_buf* outer = t_guard;

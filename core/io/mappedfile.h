@@ -28,7 +28,9 @@ public:
     const std::string& path() const noexcept { return m_path; }
     std::uint64_t size() const noexcept { return m_size; }
     const std::uint8_t* data() const noexcept { return m_data; }
-    std::span<const std::uint8_t> bytes() const noexcept { return {m_data, static_cast<std::size_t>(m_size)}; }
+    std::span<const std::uint8_t> bytes() const noexcept {
+        return {m_data, static_cast<std::size_t>(m_size)};
+    }
 
     // True when the file on disk no longer matches what was mapped: shrunk, replaced, or modified.
     bool changedOnDisk() const;

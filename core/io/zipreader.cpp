@@ -23,36 +23,31 @@ constexpr std::uint64_t kMaxEntries = 10'000'000;
 } // namespace
 
 ZipArchive::ZipArchive(std::shared_ptr<const MappedFile> file)
-    : ZipArchive(file, 0, file->size())
-{
-}
+    : ZipArchive(file, 0, file->size()) {}
 
 ZipArchive::ZipArchive(std::shared_ptr<const MappedFile> file, std::uint64_t base, std::uint64_t length)
     : m_file(std::move(file))
     , m_base(base)
-    , m_length(length)
-{
+    , m_length(length) {
     if (m_base > m_file->size() || m_length > m_file->size() - m_base)
         fail(ErrorCode::OutOfBounds, 0, "zip slice lies outside the file");
     parse();
 }
 
-bool ZipArchive::looksLikeZip(std::span<const std::uint8_t> head)
-{
+bool ZipArchive::looksLikeZip(std::span<const std::uint8_t> head) {
     return head.size() >= 4 && head[0] == 'P' && head[1] == 'K' && head[2] == 3 && head[3] == 4;
 }
 
-void ZipArchive::fail(ErrorCode code, std::uint64_t offset, const std::string& what) const
-{
+void ZipArchive::fail(ErrorCode code, std::uint64_t offset, const std::string& what) const {
     throw Error(code, what, m_file->path(), m_base + offset);
 }
 
-void ZipArchive::parse()
-{
+void ZipArchive::parse() {
     const std::span<const std::uint8_t> all = m_file->bytes().subspan(m_base, m_length);
     if (all.size() < kEocdSize)
         fail(ErrorCode::Truncated, 0,
-             "zip archive is too short (" + std::to_string(all.size()) + " bytes) to hold an end-of-directory record");
+             "zip archive is too short (" + std::to_string(all.size()) +
+                 " bytes) to hold an end-of-directory record");
 
     // 1. EOCD: the last signature whose comment length reaches exactly to the end.
     std::optional<std::size_t> eocd;
@@ -88,8 +83,9 @@ void ZipArchive::parse()
             loc.u32le(); // disk with the zip64 EOCD
             const std::uint64_t z64 = loc.u64le();
             if (z64 > *eocd - 20 || *eocd - 20 - z64 < 56)
-                fail(ErrorCode::OutOfBounds, *eocd - 20, "zip64 end-of-directory offset " + std::to_string(z64) +
-                                                             " does not lie before its locator");
+                fail(ErrorCode::OutOfBounds, *eocd - 20,
+                     "zip64 end-of-directory offset " + std::to_string(z64) +
+                         " does not lie before its locator");
             ByteReader z(all, m_base, "zip64 end of central directory");
             z.seek(z64);
             if (z.u32le() != kZip64EocdSig)
@@ -101,20 +97,24 @@ void ZipArchive::parse()
             cdOffset = z.u64le();
             cdLimit = z64;
         } else if (count == 0xFFFF || cdSize == 0xFFFFFFFF || cdOffset == 0xFFFFFFFF) {
-            fail(ErrorCode::Malformed, *eocd, "zip end-of-directory fields are saturated but there is no zip64 record");
+            fail(ErrorCode::Malformed, *eocd,
+                 "zip end-of-directory fields are saturated but there is no zip64 record");
         }
     }
     if (disk != 0 || cdDisk != 0)
         fail(ErrorCode::Unsupported, *eocd, "multi-volume zip archives are not supported");
     if (cdOffset > cdLimit || cdSize > cdLimit - cdOffset)
-        fail(ErrorCode::OutOfBounds, *eocd, "central directory (offset " + std::to_string(cdOffset) + ", " +
-                                                std::to_string(cdSize) + " bytes) lies outside the archive");
+        fail(ErrorCode::OutOfBounds, *eocd,
+             "central directory (offset " + std::to_string(cdOffset) + ", " + std::to_string(cdSize) +
+                 " bytes) lies outside the archive");
     if (count > kMaxEntries)
-        fail(ErrorCode::Limit, *eocd, "zip archive declares " + std::to_string(count) + " entries (limit " +
-                                          std::to_string(kMaxEntries) + ")");
+        fail(ErrorCode::Limit, *eocd,
+             "zip archive declares " + std::to_string(count) + " entries (limit " +
+                 std::to_string(kMaxEntries) + ")");
     if (count * kCentralHeaderSize > cdSize)
-        fail(ErrorCode::Malformed, *eocd, "central directory of " + std::to_string(cdSize) + " bytes cannot hold " +
-                                              std::to_string(count) + " entries");
+        fail(ErrorCode::Malformed, *eocd,
+             "central directory of " + std::to_string(cdSize) + " bytes cannot hold " +
+                 std::to_string(count) + " entries");
 
     // 3. Central directory.
     ByteReader cd(all.subspan(cdOffset, cdSize), m_base + cdOffset, "zip central directory");
@@ -122,12 +122,13 @@ void ZipArchive::parse()
     for (std::uint64_t i = 0; i < count; ++i) {
         const std::uint64_t at = cdOffset + cd.position();
         if (cd.u32le() != kCentralSig)
-            fail(ErrorCode::Malformed, at, "central directory entry " + std::to_string(i) + " has a bad signature");
-        cd.skip(2 + 2);                  // made by, needed
+            fail(ErrorCode::Malformed, at,
+                 "central directory entry " + std::to_string(i) + " has a bad signature");
+        cd.skip(2 + 2); // made by, needed
         const std::uint16_t flags = cd.u16le();
         ZipEntry e;
         e.method = cd.u16le();
-        cd.skip(4);                      // time, date
+        cd.skip(4); // time, date
         e.crc32 = cd.u32le();
         e.compressedSize = cd.u32le();
         e.uncompressedSize = cd.u32le();
@@ -135,7 +136,7 @@ void ZipArchive::parse()
         const std::uint16_t extraLen = cd.u16le();
         const std::uint16_t commentLen = cd.u16le();
         const std::uint16_t diskStart = cd.u16le();
-        cd.skip(2 + 4);                  // attributes
+        cd.skip(2 + 4); // attributes
         e.localHeaderOffset = cd.u32le();
         e.name = std::string(cd.stringView(nameLen));
         ByteReader extra(cd.bytes(extraLen), m_base + cdOffset + cd.position() - extraLen, "zip extra field");
@@ -154,7 +155,8 @@ void ZipArchive::parse()
                 e.localHeaderOffset = field.u64le();
         }
         if (e.name.empty() || e.name.find('\0') != std::string::npos)
-            fail(ErrorCode::Malformed, at, "zip entry " + std::to_string(i) + " has an empty or invalid name");
+            fail(ErrorCode::Malformed, at,
+                 "zip entry " + std::to_string(i) + " has an empty or invalid name");
         if (flags & 0x1)
             e.problem = "entry is encrypted";
         else if (diskStart != 0)
@@ -175,12 +177,13 @@ void ZipArchive::parse()
         if (!e.problem.empty())
             continue;
         if (e.localHeaderOffset > cdOffset || cdOffset - e.localHeaderOffset < kLocalHeaderSize) {
-            e.problem = "local header offset " + std::to_string(e.localHeaderOffset) + " lies outside the archive data";
+            e.problem = "local header offset " + std::to_string(e.localHeaderOffset) +
+                        " lies outside the archive data";
             continue;
         }
         std::uint8_t header[kLocalHeaderSize + 512];
-        const std::size_t want = static_cast<std::size_t>(
-            std::min<std::uint64_t>(sizeof header, cdOffset - e.localHeaderOffset));
+        const std::size_t want =
+            static_cast<std::size_t>(std::min<std::uint64_t>(sizeof header, cdOffset - e.localHeaderOffset));
         const std::uint8_t* h = all.data() + e.localHeaderOffset;
         if (sparse) {
             if (!m_file->readAt(m_base + e.localHeaderOffset, want, header)) {
@@ -215,7 +218,8 @@ void ZipArchive::parse()
             localName.assign(reinterpret_cast<const char*>(all.data() + nameAt), nameLen);
         }
         if (localName != e.name) {
-            e.problem = "local header names '" + localName + "' but the central directory names it '" + e.name + "'";
+            e.problem =
+                "local header names '" + localName + "' but the central directory names it '" + e.name + "'";
             continue;
         }
         e.dataOffset = nameAt + nameLen + extraLen;
@@ -231,8 +235,9 @@ void ZipArchive::parse()
     for (ZipEntry& e : m_entries)
         if (e.problem.empty())
             byOffset.push_back(&e);
-    std::sort(byOffset.begin(), byOffset.end(),
-              [](const ZipEntry* a, const ZipEntry* b) { return a->localHeaderOffset < b->localHeaderOffset; });
+    std::sort(byOffset.begin(), byOffset.end(), [](const ZipEntry* a, const ZipEntry* b) {
+        return a->localHeaderOffset < b->localHeaderOffset;
+    });
     for (std::size_t i = 1; i < byOffset.size(); ++i) {
         ZipEntry* prev = byOffset[i - 1];
         ZipEntry* cur = byOffset[i];
@@ -264,33 +269,33 @@ void ZipArchive::parse()
         if (!caseLess(m_index[i - 1], m_index[i])) {
             const ZipEntry& e = m_entries[std::max(m_index[i - 1], m_index[i])];
             fail(ErrorCode::Malformed, e.localHeaderOffset - m_base,
-                 "zip entry name '" + e.name + "' appears twice (names are compared ignoring case, as PyTorch looks "
-                                               "them up)");
+                 "zip entry name '" + e.name +
+                     "' appears twice (names are compared ignoring case, as PyTorch looks "
+                     "them up)");
         }
     std::sort(m_index.begin(), m_index.end(),
               [&](std::uint32_t a, std::uint32_t b) { return m_entries[a].name < m_entries[b].name; });
 }
 
-const ZipEntry* ZipArchive::find(std::string_view name) const
-{
-    const auto it = std::lower_bound(m_index.begin(), m_index.end(), name,
-                                     [&](std::uint32_t i, std::string_view n) { return m_entries[i].name < n; });
+const ZipEntry* ZipArchive::find(std::string_view name) const {
+    const auto it =
+        std::lower_bound(m_index.begin(), m_index.end(), name,
+                         [&](std::uint32_t i, std::string_view n) { return m_entries[i].name < n; });
     return it != m_index.end() && m_entries[*it].name == name ? &m_entries[*it] : nullptr;
 }
 
-std::span<const std::uint8_t> ZipArchive::storedData(const ZipEntry& e) const
-{
+std::span<const std::uint8_t> ZipArchive::storedData(const ZipEntry& e) const {
     if (!e.problem.empty())
         throw Error(ErrorCode::Malformed, "zip entry '" + e.name + "': " + e.problem, m_file->path(),
                     e.localHeaderOffset);
     if (e.method != 0)
-        throw Error(ErrorCode::Unsupported, "zip entry '" + e.name + "' is compressed; only stored entries map in place",
+        throw Error(ErrorCode::Unsupported,
+                    "zip entry '" + e.name + "' is compressed; only stored entries map in place",
                     m_file->path(), e.localHeaderOffset);
     return m_file->bytes().subspan(e.dataOffset, e.compressedSize);
 }
 
-std::string ZipArchive::read(const ZipEntry& e, std::uint64_t maxSize) const
-{
+std::string ZipArchive::read(const ZipEntry& e, std::uint64_t maxSize) const {
     if (e.uncompressedSize > maxSize)
         throw Error(ErrorCode::Limit,
                     "zip entry '" + e.name + "' is " + std::to_string(e.uncompressedSize) + " bytes (limit " +

@@ -20,8 +20,8 @@ const char* severityName(Severity s);
 struct Finding {
     Severity severity = Severity::Warning;
     std::string message;
-    std::string object;            // tensor or value name it concerns, when known
-    std::string global;            // "module.name" for security findings
+    std::string object;                  // tensor or value name it concerns, when known
+    std::string global;                  // "module.name" for security findings
     std::optional<std::uint64_t> offset; // byte offset in the file, when known
     int source = 0;
 };
@@ -34,16 +34,16 @@ struct Source {
 
 // A storage: one contiguous run of bytes several tensors may view.
 struct StorageInfo {
-    std::string key;          // as the file names it ("0", "139872...", "data/3")
-    std::string device;       // location tag as saved: "cpu", "cuda:0"
+    std::string key;            // as the file names it ("0", "139872...", "data/3")
+    std::string device;         // location tag as saved: "cpu", "cuda:0"
     DType dtype = DType::UInt8; // the typed storage's dtype (legacy typed storages); UInt8 when untyped
-    std::uint64_t nbytes = 0; // declared size
+    std::uint64_t nbytes = 0;   // declared size
     int source = 0;
     std::uint64_t fileOffset = 0; // absolute offset of byte 0 in its file
     bool bigEndian = false;
-    std::string error;        // set when the bytes cannot be read (missing record, too short, compressed)
-    std::uint8_t space = 0;   // which pickle of an archive named it (TorchScript: 0 data.pkl, 1 constants.pkl)
-    int viewOf = -1;          // legacy storage views: the storage this one is a slice of
+    std::string error;      // set when the bytes cannot be read (missing record, too short, compressed)
+    std::uint8_t space = 0; // which pickle of an archive named it (TorchScript: 0 data.pkl, 1 constants.pkl)
+    int viewOf = -1;        // legacy storage views: the storage this one is a slice of
 };
 
 enum class Layout : std::uint8_t { Strided, SparseCoo, SparseCsr, Meta };
@@ -54,7 +54,7 @@ struct QuantInfo {
     double scale = 1.0;
     std::int64_t zeroPoint = 0;
     int axis = 0;
-    int scalesTensor = -1;     // per-channel: prototype indices of the scale and zero-point tensors
+    int scalesTensor = -1; // per-channel: prototype indices of the scale and zero-point tensors
     int zeroPointsTensor = -1;
 };
 
@@ -65,14 +65,14 @@ struct TensorInfo {
     std::vector<std::int64_t> strides;
     std::int64_t storageOffset = 0; // in elements
     std::string device;
-    int storage = -1;               // index into Checkpoint::storages, -1 when the tensor has no data
+    int storage = -1; // index into Checkpoint::storages, -1 when the tensor has no data
     std::optional<bool> requiresGrad;
     bool isParameter = false;
     Layout layout = Layout::Strided;
-    std::string typeName;           // tensor subclass, when saved as one
+    std::string typeName; // tensor subclass, when saved as one
     QuantInfo quant;
-    int proto = -1;                 // which reconstructed tensor object this name refers to
-    std::string error;              // why the tensor's values cannot be read
+    int proto = -1;    // which reconstructed tensor object this name refers to
+    std::string error; // why the tensor's values cannot be read
 
     std::uint64_t numel() const;
     std::uint64_t nbytes() const { return numel() * dtypeSize(dtype); }
@@ -92,15 +92,16 @@ struct Record {
 };
 
 struct Checkpoint {
-    std::string format;      // "pytorch-zip", "pytorch-legacy", "torchscript"
+    std::string format;       // "pytorch-zip", "pytorch-legacy", "torchscript"
     std::string formatDetail; // human description ("archive folder 'sd', format version 3")
     std::vector<Source> sources;
     std::shared_ptr<ValueArena> arena;
     const Value* root = nullptr;
-    std::vector<TensorInfo> tensors;      // one per name, in file order
-    std::vector<TensorInfo> prototypes;   // reconstructed tensor objects, while reading
-    std::vector<int> protoToTensor;       // while reading: the first named tensor each prototype became
-    std::map<int, TensorInfo> helperTensors; // tensors that others need but that have no name (quantization scales)
+    std::vector<TensorInfo> tensors;    // one per name, in file order
+    std::vector<TensorInfo> prototypes; // reconstructed tensor objects, while reading
+    std::vector<int> protoToTensor;     // while reading: the first named tensor each prototype became
+    std::map<int, TensorInfo>
+        helperTensors; // tensors that others need but that have no name (quantization scales)
     std::vector<StorageInfo> storages;
     std::vector<NamedValue> values;
     std::vector<Record> records;

@@ -73,10 +73,11 @@ constexpr std::array<Alias, 9> kAliases{{{"float", DType::Float32},
 
 } // namespace
 
-const DTypeInfo& dtypeInfo(DType t) { return kTable.at(static_cast<std::size_t>(t)); }
+const DTypeInfo& dtypeInfo(DType t) {
+    return kTable.at(static_cast<std::size_t>(t));
+}
 
-std::optional<DType> dtypeFromName(std::string_view name)
-{
+std::optional<DType> dtypeFromName(std::string_view name) {
     for (const auto& e : kTable)
         if (e.name == name)
             return e.dtype;
@@ -86,8 +87,7 @@ std::optional<DType> dtypeFromName(std::string_view name)
     return std::nullopt;
 }
 
-std::optional<DType> dtypeFromStorageName(std::string_view storageClass)
-{
+std::optional<DType> dtypeFromStorageName(std::string_view storageClass) {
     if (storageClass.empty())
         return std::nullopt;
     for (const auto& e : kTable)
@@ -96,8 +96,7 @@ std::optional<DType> dtypeFromStorageName(std::string_view storageClass)
     return std::nullopt;
 }
 
-std::optional<DType> dtypeFromTensorClassName(std::string_view tensorClass)
-{
+std::optional<DType> dtypeFromTensorClassName(std::string_view tensorClass) {
     constexpr std::string_view suffix = "Tensor";
     if (!tensorClass.ends_with(suffix) || tensorClass.size() == suffix.size())
         return std::nullopt;

@@ -12,8 +12,7 @@ namespace {
 constexpr std::size_t kMaxLine = 4096; // text arguments: GLOBAL names, protocol-0 numbers
 
 // Little-endian two's complement bytes to decimal text, for integers beyond 64 bits.
-std::string bigIntDecimal(std::span<const std::uint8_t> le)
-{
+std::string bigIntDecimal(std::span<const std::uint8_t> le) {
     const bool negative = !le.empty() && (le.back() & 0x80);
     std::vector<std::uint8_t> mag(le.begin(), le.end());
     if (negative) { // two's complement magnitude
@@ -47,8 +46,7 @@ std::string bigIntDecimal(std::span<const std::uint8_t> le)
     return digits;
 }
 
-bool parseInt64(std::string_view s, std::int64_t* out)
-{
+bool parseInt64(std::string_view s, std::int64_t* out) {
     if (s.empty())
         return false;
     std::string tmp(s);
@@ -63,21 +61,20 @@ bool parseInt64(std::string_view s, std::int64_t* out)
 
 } // namespace
 
-std::pair<std::string, std::string> normalizeGlobal(std::string_view module, std::string_view name)
-{
+std::pair<std::string, std::string> normalizeGlobal(std::string_view module, std::string_view name) {
     struct Map {
         std::string_view from, to;
     };
     static constexpr std::array<Map, 10> kModules{{{"__builtin__", "builtins"},
-                                                    {"copy_reg", "copyreg"},
-                                                    {"exceptions", "builtins"},
-                                                    {"cPickle", "pickle"},
-                                                    {"Queue", "queue"},
-                                                    {"UserDict", "collections"},
-                                                    {"UserList", "collections"},
-                                                    {"commands", "subprocess"},
-                                                    {"urllib2", "urllib.request"},
-                                                    {"__main__ ", "__main__"}}};
+                                                   {"copy_reg", "copyreg"},
+                                                   {"exceptions", "builtins"},
+                                                   {"cPickle", "pickle"},
+                                                   {"Queue", "queue"},
+                                                   {"UserDict", "collections"},
+                                                   {"UserList", "collections"},
+                                                   {"commands", "subprocess"},
+                                                   {"urllib2", "urllib.request"},
+                                                   {"__main__ ", "__main__"}}};
     std::string m(module), n(name);
     for (const auto& e : kModules)
         if (m == e.from)
@@ -89,16 +86,16 @@ std::pair<std::string, std::string> normalizeGlobal(std::string_view module, std
     return {m, n};
 }
 
-Value* PickleHooks::global(ValueArena& arena, std::string_view module, std::string_view name, std::uint64_t offset)
-{
+Value* PickleHooks::global(ValueArena& arena, std::string_view module, std::string_view name,
+                           std::uint64_t offset) {
     Value* g = arena.make(ValueKind::Global);
     g->setQualified(module, name);
     (void)offset;
     return g;
 }
 
-Value* PickleHooks::call(ValueArena& arena, Value* callable, Value* args, CallKind how, std::uint64_t offset)
-{
+Value* PickleHooks::call(ValueArena& arena, Value* callable, Value* args, CallKind how,
+                         std::uint64_t offset) {
     Value* obj = arena.make(ValueKind::Object);
     obj->call = how;
     (void)offset;
@@ -114,15 +111,13 @@ Value* PickleHooks::call(ValueArena& arena, Value* callable, Value* args, CallKi
     return obj;
 }
 
-void PickleHooks::build(ValueArena&, Value* object, Value* state, std::uint64_t)
-{
+void PickleHooks::build(ValueArena&, Value* object, Value* state, std::uint64_t) {
     if (object->kind == ValueKind::Object && !object->state)
         object->state = state;
     // BUILD on a dict sets attributes (OrderedDict's `_metadata`); they are not items of the dict.
 }
 
-Value* PickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint64_t offset)
-{
+Value* PickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint64_t offset) {
     Value* obj = arena.make(ValueKind::Object);
     obj->setQualified("pickle", "persistent_id");
     (void)offset;
@@ -135,18 +130,14 @@ Unpickler::Unpickler(ValueArena& arena, PickleHooks& hooks, std::span<const std:
     : m_arena(arena)
     , m_hooks(hooks)
     , m_in(data, baseOffset, std::move(context))
-    , m_limits(limits)
-{
-}
+    , m_limits(limits) {}
 
-void Unpickler::fail(const std::string& what) const
-{
+void Unpickler::fail(const std::string& what) const {
     const std::string& ctx = m_in.context();
     throw Error(ErrorCode::Malformed, ctx.empty() ? what : ctx + ": " + what, {}, m_opOffset);
 }
 
-Value* Unpickler::pop()
-{
+Value* Unpickler::pop() {
     const std::size_t floor = m_marks.empty() ? 0 : m_marks.back();
     if (m_stack.size() <= floor)
         fail("stack underflow");
@@ -155,23 +146,21 @@ Value* Unpickler::pop()
     return v;
 }
 
-Value* Unpickler::top()
-{
+Value* Unpickler::top() {
     const std::size_t floor = m_marks.empty() ? 0 : m_marks.back();
     if (m_stack.size() <= floor)
         fail("stack underflow");
     return m_stack.back();
 }
 
-void Unpickler::push(Value* v)
-{
+void Unpickler::push(Value* v) {
     if (m_stack.size() >= m_limits.maxStack)
-        throw Error(ErrorCode::Limit, "pickle stack deeper than " + std::to_string(m_limits.maxStack), {}, m_opOffset);
+        throw Error(ErrorCode::Limit, "pickle stack deeper than " + std::to_string(m_limits.maxStack), {},
+                    m_opOffset);
     m_stack.push_back(v);
 }
 
-std::vector<Value*> Unpickler::popMark()
-{
+std::vector<Value*> Unpickler::popMark() {
     if (m_marks.empty())
         fail("no MARK on the stack");
     const std::size_t mark = m_marks.back();
@@ -181,10 +170,10 @@ std::vector<Value*> Unpickler::popMark()
     return items;
 }
 
-void Unpickler::memoPut(std::uint64_t index, Value* v)
-{
+void Unpickler::memoPut(std::uint64_t index, Value* v) {
     if (m_memoCount >= m_limits.maxMemo)
-        throw Error(ErrorCode::Limit, "pickle memo larger than " + std::to_string(m_limits.maxMemo) + " entries", {},
+        throw Error(ErrorCode::Limit,
+                    "pickle memo larger than " + std::to_string(m_limits.maxMemo) + " entries", {},
                     m_opOffset);
     if (index < m_memo.size() + 65536) {
         if (index >= m_memo.size())
@@ -199,8 +188,7 @@ void Unpickler::memoPut(std::uint64_t index, Value* v)
     v->shared = true;
 }
 
-Value* Unpickler::memoGet(std::uint64_t index)
-{
+Value* Unpickler::memoGet(std::uint64_t index) {
     if (index < m_memo.size() && m_memo[index])
         return m_memo[index];
     const auto it = m_sparseMemo.find(index);
@@ -209,8 +197,7 @@ Value* Unpickler::memoGet(std::uint64_t index)
     return it->second;
 }
 
-Value* Unpickler::makeBigInt(std::span<const std::uint8_t> bytes)
-{
+Value* Unpickler::makeBigInt(std::span<const std::uint8_t> bytes) {
     if (bytes.empty())
         return m_arena.makeInt(0);
     if (bytes.size() <= 8) {
@@ -229,14 +216,12 @@ Value* Unpickler::makeBigInt(std::span<const std::uint8_t> bytes)
     return v;
 }
 
-Value* Unpickler::makeGlobal(std::string_view module, std::string_view name)
-{
+Value* Unpickler::makeGlobal(std::string_view module, std::string_view name) {
     auto [m, n] = normalizeGlobal(module, name);
     return m_hooks.global(m_arena, m, n, m_opOffset);
 }
 
-Value* Unpickler::load()
-{
+Value* Unpickler::load() {
     m_valuesAtStart = m_arena.count();
     auto str = [&](ValueKind kind, std::string_view s) {
         Value* v = m_arena.make(kind);
@@ -250,8 +235,9 @@ Value* Unpickler::load()
     };
     for (;;) {
         if (m_arena.count() - m_valuesAtStart > m_limits.maxValues)
-            throw Error(ErrorCode::Limit, "pickle builds more than " + std::to_string(m_limits.maxValues) + " objects",
-                        {}, m_opOffset);
+            throw Error(ErrorCode::Limit,
+                        "pickle builds more than " + std::to_string(m_limits.maxValues) + " objects", {},
+                        m_opOffset);
         m_opOffset = m_in.absolutePosition();
         const std::uint8_t op = m_in.u8();
         switch (op) {
@@ -272,23 +258,40 @@ Value* Unpickler::load()
             return m_stack.back();
         case '(': // MARK
             if (m_marks.size() >= m_limits.maxMarks)
-                throw Error(ErrorCode::Limit, "more than " + std::to_string(m_limits.maxMarks) + " nested MARKs", {},
+                throw Error(ErrorCode::Limit,
+                            "more than " + std::to_string(m_limits.maxMarks) + " nested MARKs", {},
                             m_opOffset);
             m_marks.push_back(m_stack.size());
             break;
-        case '0': pop(); break;      // POP
-        case '1': popMark(); break;  // POP_MARK
-        case '2': // DUP
+        case '0':
+            pop();
+            break; // POP
+        case '1':
+            popMark();
+            break; // POP_MARK
+        case '2':  // DUP
             top()->shared = true;
             push(top());
             break;
 
-        case 'N': push(m_arena.none()); break;
-        case 0x88: push(m_arena.boolean(true)); break;
-        case 0x89: push(m_arena.boolean(false)); break;
-        case 'J': push(m_arena.makeInt(m_in.i32le())); break;
-        case 'K': push(m_arena.makeInt(m_in.u8())); break;
-        case 'M': push(m_arena.makeInt(m_in.u16le())); break;
+        case 'N':
+            push(m_arena.none());
+            break;
+        case 0x88:
+            push(m_arena.boolean(true));
+            break;
+        case 0x89:
+            push(m_arena.boolean(false));
+            break;
+        case 'J':
+            push(m_arena.makeInt(m_in.i32le()));
+            break;
+        case 'K':
+            push(m_arena.makeInt(m_in.u8()));
+            break;
+        case 'M':
+            push(m_arena.makeInt(m_in.u16le()));
+            break;
         case 0x8a: { // LONG1
             const std::size_t n = m_in.u8();
             push(makeBigInt(m_in.bytes(n)));
@@ -345,17 +348,24 @@ Value* Unpickler::load()
             break;
         }
 
-        case 'X': push(str(ValueKind::String, m_in.stringView(m_in.u32le()))); break;      // BINUNICODE
-        case 0x8c: push(str(ValueKind::String, m_in.stringView(m_in.u8()))); break;        // SHORT_BINUNICODE
-        case 0x8d: {                                                                       // BINUNICODE8
+        case 'X':
+            push(str(ValueKind::String, m_in.stringView(m_in.u32le())));
+            break; // BINUNICODE
+        case 0x8c:
+            push(str(ValueKind::String, m_in.stringView(m_in.u8())));
+            break;   // SHORT_BINUNICODE
+        case 0x8d: { // BINUNICODE8
             const std::uint64_t n = m_in.u64le();
             if (n > m_in.remaining())
-                m_in.fail(ErrorCode::Truncated, "string of " + std::to_string(n) + " bytes runs past the end");
+                m_in.fail(ErrorCode::Truncated,
+                          "string of " + std::to_string(n) + " bytes runs past the end");
             push(str(ValueKind::String, m_in.stringView(static_cast<std::size_t>(n))));
             break;
         }
-        case 'U': push(str(ValueKind::String, m_in.stringView(m_in.u8()))); break; // SHORT_BINSTRING (py2 str)
-        case 'T': {                                                                // BINSTRING
+        case 'U':
+            push(str(ValueKind::String, m_in.stringView(m_in.u8())));
+            break;  // SHORT_BINSTRING (py2 str)
+        case 'T': { // BINSTRING
             const std::int32_t n = m_in.i32le();
             if (n < 0)
                 fail("BINSTRING with negative length");
@@ -373,10 +383,14 @@ Value* Unpickler::load()
             push(str(ValueKind::String, s));
             break;
         }
-        case 'C': push(str(ValueKind::Bytes, m_in.stringView(m_in.u8()))); break; // SHORT_BINBYTES
-        case 'B': push(str(ValueKind::Bytes, m_in.stringView(m_in.u32le()))); break; // BINBYTES
-        case 0x8e:                                                                 // BINBYTES8
-        case 0x96: {                                                               // BYTEARRAY8
+        case 'C':
+            push(str(ValueKind::Bytes, m_in.stringView(m_in.u8())));
+            break; // SHORT_BINBYTES
+        case 'B':
+            push(str(ValueKind::Bytes, m_in.stringView(m_in.u32le())));
+            break;   // BINBYTES
+        case 0x8e:   // BINBYTES8
+        case 0x96: { // BYTEARRAY8
             const std::uint64_t n = m_in.u64le();
             if (n > m_in.remaining())
                 m_in.fail(ErrorCode::Truncated, "bytes of " + std::to_string(n) + " bytes run past the end");
@@ -384,7 +398,9 @@ Value* Unpickler::load()
             break;
         }
 
-        case ')': push(m_arena.emptyTuple()); break;
+        case ')':
+            push(m_arena.emptyTuple());
+            break;
         case 0x85: {
             Value* a = pop();
             push(asTuple({a}));
@@ -403,15 +419,21 @@ Value* Unpickler::load()
             push(asTuple({a, b, c}));
             break;
         }
-        case 't': push(asTuple(popMark())); break;
-        case ']': push(m_arena.make(ValueKind::List)); break;
+        case 't':
+            push(asTuple(popMark()));
+            break;
+        case ']':
+            push(m_arena.make(ValueKind::List));
+            break;
         case 'l': { // LIST
             Value* l = m_arena.make(ValueKind::List);
             l->items = popMark();
             push(l);
             break;
         }
-        case '}': push(m_arena.make(ValueKind::Dict)); break;
+        case '}':
+            push(m_arena.make(ValueKind::Dict));
+            break;
         case 'd': { // DICT
             auto items = popMark();
             if (items.size() % 2)
@@ -421,7 +443,9 @@ Value* Unpickler::load()
             push(d);
             break;
         }
-        case 0x8f: push(m_arena.make(ValueKind::Set)); break; // EMPTY_SET
+        case 0x8f:
+            push(m_arena.make(ValueKind::Set));
+            break;   // EMPTY_SET
         case 0x91: { // FROZENSET
             Value* s = m_arena.make(ValueKind::Set);
             s->isFrozen = true;
@@ -481,18 +505,28 @@ Value* Unpickler::load()
             memoPut(static_cast<std::uint64_t>(idx), top());
             break;
         }
-        case 'q': memoPut(m_in.u8(), top()); break;
-        case 'r': memoPut(m_in.u32le(), top()); break;
-        case 0x94: memoPut(m_memoCount, top()); break; // MEMOIZE
-        case 'g': {                                      // GET (protocol 0)
+        case 'q':
+            memoPut(m_in.u8(), top());
+            break;
+        case 'r':
+            memoPut(m_in.u32le(), top());
+            break;
+        case 0x94:
+            memoPut(m_memoCount, top());
+            break;  // MEMOIZE
+        case 'g': { // GET (protocol 0)
             std::int64_t idx = 0;
             if (!parseInt64(m_in.line(kMaxLine), &idx) || idx < 0)
                 fail("GET index is not a number");
             push(memoGet(static_cast<std::uint64_t>(idx)));
             break;
         }
-        case 'h': push(memoGet(m_in.u8())); break;
-        case 'j': push(memoGet(m_in.u32le())); break;
+        case 'h':
+            push(memoGet(m_in.u8()));
+            break;
+        case 'j':
+            push(memoGet(m_in.u32le()));
+            break;
 
         case 'c': { // GLOBAL
             const std::string module(m_in.line(kMaxLine));

@@ -41,7 +41,8 @@ class PickleHooks {
 public:
     virtual ~PickleHooks() = default;
     // A GLOBAL / STACK_GLOBAL / INST reference was read. May return a replacement (a dtype constant).
-    virtual Value* global(ValueArena& arena, std::string_view module, std::string_view name, std::uint64_t offset);
+    virtual Value* global(ValueArena& arena, std::string_view module, std::string_view name,
+                          std::uint64_t offset);
     virtual Value* call(ValueArena& arena, Value* callable, Value* args, CallKind how, std::uint64_t offset);
     virtual void build(ValueArena& arena, Value* object, Value* state, std::uint64_t offset);
     virtual Value* persistentLoad(ValueArena& arena, Value* pid, std::uint64_t offset);
@@ -51,8 +52,8 @@ public:
 
 class Unpickler {
 public:
-    Unpickler(ValueArena& arena, PickleHooks& hooks, std::span<const std::uint8_t> data, std::uint64_t baseOffset,
-              std::string context, UnpicklerLimits limits = {});
+    Unpickler(ValueArena& arena, PickleHooks& hooks, std::span<const std::uint8_t> data,
+              std::uint64_t baseOffset, std::string context, UnpicklerLimits limits = {});
 
     // Runs to STOP and returns the top of the stack.
     Value* load();

@@ -6,8 +6,7 @@
 
 namespace ckpt {
 
-ValueArena::ValueArena()
-{
+ValueArena::ValueArena() {
     m_none = make(ValueKind::None);
     m_emptyTuple = make(ValueKind::Tuple);
     m_true = make(ValueKind::Bool);
@@ -25,8 +24,7 @@ ValueArena::ValueArena()
         v->shared = true;
 }
 
-void ValueArena::recycle(Value* v)
-{
+void ValueArena::recycle(Value* v) {
     if (v->shared)
         return;
     v->text.clear();
@@ -34,8 +32,7 @@ void ValueArena::recycle(Value* v)
     m_free.push_back(v);
 }
 
-Value* ValueArena::make(ValueKind kind)
-{
+Value* ValueArena::make(ValueKind kind) {
     if (!m_free.empty()) {
         Value* v = m_free.back();
         m_free.pop_back();
@@ -52,8 +49,7 @@ Value* ValueArena::make(ValueKind kind)
     return &v;
 }
 
-Value* ValueArena::makeInt(std::int64_t v)
-{
+Value* ValueArena::makeInt(std::int64_t v) {
     if (v >= 0 && v < 256)
         return m_smallInts[static_cast<std::size_t>(v)];
     Value* out = make(ValueKind::Int);
@@ -61,15 +57,13 @@ Value* ValueArena::makeInt(std::int64_t v)
     return out;
 }
 
-Value* ValueArena::makeString(std::string_view s)
-{
+Value* ValueArena::makeString(std::string_view s) {
     Value* out = make(ValueKind::String);
     out->text = s;
     return out;
 }
 
-void Value::setQualified(std::string_view module, std::string_view name)
-{
+void Value::setQualified(std::string_view module, std::string_view name) {
     // Names come from GLOBAL lines (capped at 4 KiB) or STACK_GLOBAL strings; keep the split in range.
     module = module.substr(0, 0xFFFF);
     split = static_cast<std::uint16_t>(module.size());
@@ -79,33 +73,47 @@ void Value::setQualified(std::string_view module, std::string_view name)
     text += name;
 }
 
-const char* valueKindName(ValueKind kind)
-{
+const char* valueKindName(ValueKind kind) {
     switch (kind) {
-    case ValueKind::None: return "none";
-    case ValueKind::Bool: return "bool";
-    case ValueKind::Int: return "int";
-    case ValueKind::BigInt: return "int";
-    case ValueKind::Float: return "float";
-    case ValueKind::Complex: return "complex";
-    case ValueKind::String: return "str";
-    case ValueKind::Bytes: return "bytes";
-    case ValueKind::List: return "list";
-    case ValueKind::Tuple: return "tuple";
-    case ValueKind::Dict: return "dict";
-    case ValueKind::Set: return "set";
-    case ValueKind::Global: return "global";
-    case ValueKind::Object: return "object";
-    case ValueKind::Tensor: return "tensor";
-    case ValueKind::Storage: return "storage";
+    case ValueKind::None:
+        return "none";
+    case ValueKind::Bool:
+        return "bool";
+    case ValueKind::Int:
+        return "int";
+    case ValueKind::BigInt:
+        return "int";
+    case ValueKind::Float:
+        return "float";
+    case ValueKind::Complex:
+        return "complex";
+    case ValueKind::String:
+        return "str";
+    case ValueKind::Bytes:
+        return "bytes";
+    case ValueKind::List:
+        return "list";
+    case ValueKind::Tuple:
+        return "tuple";
+    case ValueKind::Dict:
+        return "dict";
+    case ValueKind::Set:
+        return "set";
+    case ValueKind::Global:
+        return "global";
+    case ValueKind::Object:
+        return "object";
+    case ValueKind::Tensor:
+        return "tensor";
+    case ValueKind::Storage:
+        return "storage";
     }
     return "?";
 }
 
 namespace {
 
-std::string formatDouble(double d)
-{
+std::string formatDouble(double d) {
     if (std::isnan(d))
         return "nan";
     if (std::isinf(d))
@@ -124,8 +132,7 @@ std::string formatDouble(double d)
     return s;
 }
 
-void repr(const Value* v, std::string& out, std::size_t maxLen, int depth)
-{
+void repr(const Value* v, std::string& out, std::size_t maxLen, int depth) {
     if (out.size() > maxLen)
         return;
     if (!v) {
@@ -133,22 +140,44 @@ void repr(const Value* v, std::string& out, std::size_t maxLen, int depth)
         return;
     }
     switch (v->kind) {
-    case ValueKind::None: out += "None"; return;
-    case ValueKind::Bool: out += v->boolean ? "True" : "False"; return;
-    case ValueKind::Int: out += std::to_string(v->integer); return;
-    case ValueKind::BigInt: out += v->text; return;
-    case ValueKind::Float: out += formatDouble(v->real); return;
-    case ValueKind::Complex: out += "(" + formatDouble(v->real) + (v->imag() < 0 ? "" : "+") + formatDouble(v->imag()) + "j)"; return;
+    case ValueKind::None:
+        out += "None";
+        return;
+    case ValueKind::Bool:
+        out += v->boolean ? "True" : "False";
+        return;
+    case ValueKind::Int:
+        out += std::to_string(v->integer);
+        return;
+    case ValueKind::BigInt:
+        out += v->text;
+        return;
+    case ValueKind::Float:
+        out += formatDouble(v->real);
+        return;
+    case ValueKind::Complex:
+        out += "(" + formatDouble(v->real) + (v->imag() < 0 ? "" : "+") + formatDouble(v->imag()) + "j)";
+        return;
     case ValueKind::String:
         out += "'";
         out += v->text.substr(0, maxLen);
         out += "'";
         return;
-    case ValueKind::Bytes: out += "<" + std::to_string(v->text.size()) + " bytes>"; return;
-    case ValueKind::Global: out += "<" + v->qualifiedName() + ">"; return;
-    case ValueKind::Object: out += "<" + v->qualifiedName() + " object>"; return;
-    case ValueKind::Tensor: out += "<tensor>"; return;
-    case ValueKind::Storage: out += "<storage>"; return;
+    case ValueKind::Bytes:
+        out += "<" + std::to_string(v->text.size()) + " bytes>";
+        return;
+    case ValueKind::Global:
+        out += "<" + v->qualifiedName() + ">";
+        return;
+    case ValueKind::Object:
+        out += "<" + v->qualifiedName() + " object>";
+        return;
+    case ValueKind::Tensor:
+        out += "<tensor>";
+        return;
+    case ValueKind::Storage:
+        out += "<storage>";
+        return;
     case ValueKind::List:
     case ValueKind::Tuple:
     case ValueKind::Set:
@@ -187,8 +216,7 @@ void repr(const Value* v, std::string& out, std::size_t maxLen, int depth)
 
 } // namespace
 
-std::string valueRepr(const Value* v, std::size_t maxLen)
-{
+std::string valueRepr(const Value* v, std::size_t maxLen) {
     std::string out;
     repr(v, out, maxLen, 0);
     if (out.size() > maxLen)
@@ -196,8 +224,7 @@ std::string valueRepr(const Value* v, std::size_t maxLen)
     return out;
 }
 
-std::string keyText(const Value* v)
-{
+std::string keyText(const Value* v) {
     if (v && (v->kind == ValueKind::String || v->kind == ValueKind::Bytes))
         return v->text;
     return valueRepr(v, 200);

@@ -13,19 +13,19 @@ enum class ValueKind : std::uint8_t {
     None,
     Bool,
     Int,
-    BigInt,   // integer beyond 64 bits: `text` holds its decimal digits
+    BigInt, // integer beyond 64 bits: `text` holds its decimal digits
     Float,
     Complex,
     String,
     Bytes,
     List,
     Tuple,
-    Dict,     // dict and OrderedDict; `items` holds key, value, key, value, ...
+    Dict, // dict and OrderedDict; `items` holds key, value, key, value, ...
     Set,
-    Global,   // a reference to a module attribute, never resolved to code: `module`, `name`
-    Object,   // the result of calling or instantiating a global: `module`, `name`, `items` = arguments, `state`
-    Tensor,   // `index` into the reader's tensor prototypes
-    Storage,  // `index` into the checkpoint's storages
+    Global, // a reference to a module attribute, never resolved to code: `module`, `name`
+    Object, // the result of calling or instantiating a global: `module`, `name`, `items` = arguments, `state`
+    Tensor, // `index` into the reader's tensor prototypes
+    Storage, // `index` into the checkpoint's storages
 };
 
 // How an Object came to be, for messages and security findings.
@@ -39,27 +39,25 @@ struct Value {
     CallKind call = CallKind::None;
     bool boolean : 1 = false;
     bool isOrderedDict : 1 = false;
-    bool isFrozen : 1 = false;   // frozenset
-    bool dangerous : 1 = false;  // a Global / Object whose callable is a known code-execution gadget
-    bool plainData : 1 = false;  // a Global on the allow-list of data constructors
-    bool shared : 1 = false;     // memoized, duplicated or interned: may be referenced from several places
-    std::uint16_t split = 0;     // Global / Object: length of the module part of `text`
-    std::int64_t integer = 0;    // Int; Tensor / Storage index
-    double real = 0;             // Float; Complex real part (imaginary part in imag())
-    std::string text;            // String, Bytes, BigInt digits; Global / Object: "module.name"
-    std::vector<Value*> items;   // List, Tuple, Set, Dict pairs, Object arguments
-    Value* state = nullptr;      // Object: BUILD state
+    bool isFrozen : 1 = false;  // frozenset
+    bool dangerous : 1 = false; // a Global / Object whose callable is a known code-execution gadget
+    bool plainData : 1 = false; // a Global on the allow-list of data constructors
+    bool shared : 1 = false;    // memoized, duplicated or interned: may be referenced from several places
+    std::uint16_t split = 0;    // Global / Object: length of the module part of `text`
+    std::int64_t integer = 0;   // Int; Tensor / Storage index
+    double real = 0;            // Float; Complex real part (imaginary part in imag())
+    std::string text;           // String, Bytes, BigInt digits; Global / Object: "module.name"
+    std::vector<Value*> items;  // List, Tuple, Set, Dict pairs, Object arguments
+    Value* state = nullptr;     // Object: BUILD state
 
-    bool isContainer() const
-    {
+    bool isContainer() const {
         return kind == ValueKind::List || kind == ValueKind::Tuple || kind == ValueKind::Dict ||
                kind == ValueKind::Set;
     }
     // Global / Object naming. A Value is 88 bytes: checkpoints hold millions of them.
     void setQualified(std::string_view module, std::string_view name);
     std::string_view module() const { return std::string_view(text).substr(0, split); }
-    std::string_view name() const
-    {
+    std::string_view name() const {
         return split < text.size() ? std::string_view(text).substr(split + 1u) : std::string_view();
     }
     const std::string& qualifiedName() const { return text; }

@@ -12,8 +12,7 @@
 namespace ckpt {
 namespace {
 
-std::string number(double v)
-{
+std::string number(double v) {
     if (std::isnan(v))
         return "-";
     char buf[32];
@@ -21,21 +20,18 @@ std::string number(double v)
     return buf;
 }
 
-nlohmann::json doubleOrNull(double v)
-{
+nlohmann::json doubleOrNull(double v) {
     return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
 
-int storageGroup(const Checkpoint& ck, const TensorInfo& t)
-{
+int storageGroup(const Checkpoint& ck, const TensorInfo& t) {
     // Tensors without a storage each get a group of their own after the storages.
     return t.storage >= 0 ? t.storage : static_cast<int>(ck.storages.size()) + t.proto + 1;
 }
 
 } // namespace
 
-std::string printable(std::string_view text)
-{
+std::string printable(std::string_view text) {
     static const char* hex = "0123456789abcdef";
     std::string out;
     out.reserve(text.size());
@@ -55,8 +51,7 @@ std::string printable(std::string_view text)
     return out;
 }
 
-std::string humanBytes(std::uint64_t bytes)
-{
+std::string humanBytes(std::uint64_t bytes) {
     static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
     double v = static_cast<double>(bytes);
     int u = 0;
@@ -72,16 +67,14 @@ std::string humanBytes(std::uint64_t bytes)
     return buf;
 }
 
-std::string groupedNumber(std::uint64_t n)
-{
+std::string groupedNumber(std::uint64_t n) {
     std::string s = std::to_string(n);
     for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3)
         s.insert(static_cast<std::size_t>(i), ",");
     return s;
 }
 
-std::string shapeText(const std::vector<std::int64_t>& shape)
-{
+std::string shapeText(const std::vector<std::int64_t>& shape) {
     std::string s = "[";
     for (std::size_t i = 0; i < shape.size(); ++i) {
         if (i)
@@ -91,13 +84,11 @@ std::string shapeText(const std::vector<std::int64_t>& shape)
     return s + "]";
 }
 
-bool globMatch(const std::string& pattern, const std::string& name)
-{
+bool globMatch(const std::string& pattern, const std::string& name) {
     return fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
 }
 
-Summary summarize(const Checkpoint& ck)
-{
+Summary summarize(const Checkpoint& ck) {
     Summary s;
     std::vector<bool> counted(ck.storages.size(), false);
     // Keyed by views into the tensor names, which outlive this function: no string per tensor.
@@ -127,7 +118,8 @@ Summary summarize(const Checkpoint& ck)
         const auto d = static_cast<std::size_t>(t.dtype);
         dtypeSeen[d] = true;
         const std::uint64_t numel = t.numel();
-        for (Totals* tot : {&s.total, &byDtype[d], deviceTotals, static_cast<Totals*>(&s.topLevel[it->second])}) {
+        for (Totals* tot :
+             {&s.total, &byDtype[d], deviceTotals, static_cast<Totals*>(&s.topLevel[it->second])}) {
             tot->tensors += 1;
             tot->parameters += numel;
             tot->bytes += bytes;
@@ -141,8 +133,7 @@ Summary summarize(const Checkpoint& ck)
     return s;
 }
 
-nlohmann::json tensorJson(const Checkpoint& ck, const TensorInfo& t)
-{
+nlohmann::json tensorJson(const Checkpoint& ck, const TensorInfo& t) {
     nlohmann::json j;
     j["name"] = t.name;
     j["dtype"] = std::string(dtypeName(t.dtype));
@@ -166,7 +157,8 @@ nlohmann::json tensorJson(const Checkpoint& ck, const TensorInfo& t)
     if (!t.typeName.empty())
         j["type"] = t.typeName;
     if (t.quant.scheme == QuantInfo::Scheme::PerTensorAffine)
-        j["quantization"] = {{"scheme", "per_tensor_affine"}, {"scale", t.quant.scale}, {"zero_point", t.quant.zeroPoint}};
+        j["quantization"] = {
+            {"scheme", "per_tensor_affine"}, {"scale", t.quant.scale}, {"zero_point", t.quant.zeroPoint}};
     else if (t.quant.scheme == QuantInfo::Scheme::PerChannelAffine)
         j["quantization"] = {{"scheme", "per_channel_affine"}, {"axis", t.quant.axis}};
     if (!t.error.empty())
@@ -174,11 +166,11 @@ nlohmann::json tensorJson(const Checkpoint& ck, const TensorInfo& t)
     return j;
 }
 
-nlohmann::json findingsJson(const Checkpoint& ck)
-{
+nlohmann::json findingsJson(const Checkpoint& ck) {
     nlohmann::json arr = nlohmann::json::array();
     for (const auto& f : ck.findings) {
-        nlohmann::json j{{"severity", severityName(f.severity)}, {"message", f.message}, {"object", f.object}};
+        nlohmann::json j{
+            {"severity", severityName(f.severity)}, {"message", f.message}, {"object", f.object}};
         if (!f.global.empty())
             j["global"] = f.global;
         if (f.offset)
@@ -188,16 +180,22 @@ nlohmann::json findingsJson(const Checkpoint& ck)
     return arr;
 }
 
-nlohmann::json valueJson(const Value* v)
-{
+nlohmann::json valueJson(const Value* v) {
     switch (v->kind) {
-    case ValueKind::None: return nullptr;
-    case ValueKind::Bool: return v->boolean;
-    case ValueKind::Int: return v->integer;
-    case ValueKind::BigInt: return v->text;
-    case ValueKind::Float: return doubleOrNull(v->real);
-    case ValueKind::Complex: return nlohmann::json::array({doubleOrNull(v->real), doubleOrNull(v->imag())});
-    case ValueKind::String: return v->text;
+    case ValueKind::None:
+        return nullptr;
+    case ValueKind::Bool:
+        return v->boolean;
+    case ValueKind::Int:
+        return v->integer;
+    case ValueKind::BigInt:
+        return v->text;
+    case ValueKind::Float:
+        return doubleOrNull(v->real);
+    case ValueKind::Complex:
+        return nlohmann::json::array({doubleOrNull(v->real), doubleOrNull(v->imag())});
+    case ValueKind::String:
+        return v->text;
     case ValueKind::List:
     case ValueKind::Tuple:
     case ValueKind::Set: {
@@ -210,27 +208,30 @@ nlohmann::json valueJson(const Value* v)
         if (v->items.empty())
             return nlohmann::json::object();
         return valueRepr(v, 200);
-    default: return valueRepr(v, 200);
+    default:
+        return valueRepr(v, 200);
     }
 }
 
-static const char* valueTypeName(const Value* v)
-{
+static const char* valueTypeName(const Value* v) {
     switch (v->kind) {
     case ValueKind::List:
     case ValueKind::Tuple:
-    case ValueKind::Set: return "list";
-    case ValueKind::Dict: return "dict";
+    case ValueKind::Set:
+        return "list";
+    case ValueKind::Dict:
+        return "dict";
     case ValueKind::Global:
     case ValueKind::Object:
     case ValueKind::Storage:
-    case ValueKind::Tensor: return "object";
-    default: return valueKindName(v->kind);
+    case ValueKind::Tensor:
+        return "object";
+    default:
+        return valueKindName(v->kind);
     }
 }
 
-nlohmann::json lsJson(const Checkpoint& ck, const std::string& file, const std::string& filter)
-{
+nlohmann::json lsJson(const Checkpoint& ck, const std::string& file, const std::string& filter) {
     nlohmann::json j;
     j["file"] = file;
     j["format"] = ck.format;
@@ -243,8 +244,7 @@ nlohmann::json lsJson(const Checkpoint& ck, const std::string& file, const std::
     return j;
 }
 
-nlohmann::json infoJson(const Checkpoint& ck, const std::string& file)
-{
+nlohmann::json infoJson(const Checkpoint& ck, const std::string& file) {
     const Summary s = summarize(ck);
     auto totals = [](const Totals& t) {
         return nlohmann::json{{"tensors", t.tensors}, {"parameters", t.parameters}, {"bytes", t.bytes}};
@@ -271,7 +271,8 @@ nlohmann::json infoJson(const Checkpoint& ck, const std::string& file)
     }
     j["values"] = nlohmann::json::array();
     for (const auto& nv : ck.values)
-        j["values"].push_back({{"name", nv.name}, {"type", valueTypeName(nv.value)}, {"value", valueJson(nv.value)}});
+        j["values"].push_back(
+            {{"name", nv.name}, {"type", valueTypeName(nv.value)}, {"value", valueJson(nv.value)}});
     j["records"] = nlohmann::json::array();
     for (const auto& r : ck.records)
         j["records"].push_back({{"name", r.name}, {"size", r.size}});
@@ -279,8 +280,7 @@ nlohmann::json infoJson(const Checkpoint& ck, const std::string& file)
     return j;
 }
 
-nlohmann::json statsJson(const TensorInfo& t, const TensorStats& s)
-{
+nlohmann::json statsJson(const TensorInfo& t, const TensorStats& s) {
     nlohmann::json j;
     j["name"] = t.name;
     j["dtype"] = std::string(dtypeName(t.dtype));
@@ -297,13 +297,11 @@ nlohmann::json statsJson(const TensorInfo& t, const TensorStats& s)
     return j;
 }
 
-std::string dumpJson(const nlohmann::json& j, int indent)
-{
+std::string dumpJson(const nlohmann::json& j, int indent) {
     return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-void printLs(std::ostream& out, const Checkpoint& ck, const std::string& filter)
-{
+void printLs(std::ostream& out, const Checkpoint& ck, const std::string& filter) {
     struct Row {
         std::string name, dtype, shape, device, size;
     };
@@ -324,21 +322,22 @@ void printLs(std::ostream& out, const Checkpoint& ck, const std::string& filter)
     }
     w[0] = std::min<std::size_t>(w[0], 80);
     auto line = [&](const Row& r) {
-        out << std::left << std::setw(static_cast<int>(w[0])) << r.name << "  " << std::setw(static_cast<int>(w[1]))
-            << r.dtype << "  " << std::setw(static_cast<int>(w[2])) << r.shape << "  "
-            << std::setw(static_cast<int>(w[3])) << r.device << "  " << r.size << '\n';
+        out << std::left << std::setw(static_cast<int>(w[0])) << r.name << "  "
+            << std::setw(static_cast<int>(w[1])) << r.dtype << "  " << std::setw(static_cast<int>(w[2]))
+            << r.shape << "  " << std::setw(static_cast<int>(w[3])) << r.device << "  " << r.size << '\n';
     };
     line({"NAME", "DTYPE", "SHAPE", "DEVICE", "SIZE"});
     for (const auto& r : rows)
         line(r);
 }
 
-void printInfo(std::ostream& out, const Checkpoint& ck, const std::string& file)
-{
+void printInfo(std::ostream& out, const Checkpoint& ck, const std::string& file) {
     const Summary s = summarize(ck);
     auto pct = [&](std::uint64_t part) {
         char buf[16];
-        std::snprintf(buf, sizeof buf, "%5.1f%%", s.total.bytes ? 100.0 * static_cast<double>(part) / static_cast<double>(s.total.bytes) : 0.0);
+        std::snprintf(buf, sizeof buf, "%5.1f%%",
+                      s.total.bytes ? 100.0 * static_cast<double>(part) / static_cast<double>(s.total.bytes)
+                                    : 0.0);
         return std::string(buf);
     };
     out << "File        " << printable(file) << '\n';
@@ -349,14 +348,13 @@ void printInfo(std::ostream& out, const Checkpoint& ck, const std::string& file)
     auto table = [&](const char* title, const auto& rows) {
         out << '\n' << title << '\n';
         for (const auto& [key, t] : rows)
-            out << "  " << std::left << std::setw(24) << printable(key) << std::right << std::setw(8) << groupedNumber(t.tensors)
-                << " tensors " << std::setw(16) << groupedNumber(t.parameters) << " elements " << std::setw(10)
-                << humanBytes(t.bytes) << ' ' << pct(t.bytes) << '\n';
+            out << "  " << std::left << std::setw(24) << printable(key) << std::right << std::setw(8)
+                << groupedNumber(t.tensors) << " tensors " << std::setw(16) << groupedNumber(t.parameters)
+                << " elements " << std::setw(10) << humanBytes(t.bytes) << ' ' << pct(t.bytes) << '\n';
     };
     table("DTypes", s.dtypes);
     table("Devices", s.devices);
-    if (s.topLevel.size() > 1 || (s.topLevel.size() == 1 && s.topLevel[0].key != ""))
-    {
+    if (s.topLevel.size() > 1 || (s.topLevel.size() == 1 && s.topLevel[0].key != "")) {
         std::vector<std::pair<std::string, Totals>> groups;
         for (const auto& g : s.topLevel)
             groups.emplace_back(g.key, g);
@@ -371,8 +369,8 @@ void printInfo(std::ostream& out, const Checkpoint& ck, const std::string& file)
                 out << "  ... " << ck.values.size() - 60 << " more (ckpt info --json lists all)\n";
                 break;
             }
-            out << "  " << (nv.name.empty() ? "(root)" : printable(nv.name)) << " = " << printable(valueRepr(nv.value, 100))
-                << '\n';
+            out << "  " << (nv.name.empty() ? "(root)" : printable(nv.name)) << " = "
+                << printable(valueRepr(nv.value, 100)) << '\n';
         }
     }
     if (!ck.records.empty()) {
@@ -383,20 +381,20 @@ void printInfo(std::ostream& out, const Checkpoint& ck, const std::string& file)
     if (!ck.findings.empty()) {
         out << "\nFindings\n";
         for (const auto& f : ck.findings)
-            out << "  [" << severityName(f.severity) << "] " << printable(f.object.empty() ? "" : f.object + ": ")
-                << printable(f.message) << '\n';
+            out << "  [" << severityName(f.severity) << "] "
+                << printable(f.object.empty() ? "" : f.object + ": ") << printable(f.message) << '\n';
     }
 }
 
-void printStats(std::ostream& out, const TensorInfo& t, const TensorStats& s)
-{
+void printStats(std::ostream& out, const TensorInfo& t, const TensorStats& s) {
     out << printable(t.name) << "  " << dtypeName(t.dtype) << ' ' << shapeText(t.shape) << '\n';
-    out << "  count " << groupedNumber(s.count) << "  min " << number(s.min) << "  max " << number(s.max) << "  mean "
-        << number(s.mean) << "  std " << number(s.std) << "  zeros " << groupedNumber(s.zeros) << "  nan "
-        << groupedNumber(s.nan) << "  inf " << groupedNumber(s.inf) << '\n';
+    out << "  count " << groupedNumber(s.count) << "  min " << number(s.min) << "  max " << number(s.max)
+        << "  mean " << number(s.mean) << "  std " << number(s.std) << "  zeros " << groupedNumber(s.zeros)
+        << "  nan " << groupedNumber(s.nan) << "  inf " << groupedNumber(s.inf) << '\n';
     if (s.finite == 0)
         return;
-    static const char* bars[] = {" ", "\u2581", "\u2582", "\u2583", "\u2584", "\u2585", "\u2586", "\u2587", "\u2588"};
+    static const char* bars[] = {" ",      "\u2581", "\u2582", "\u2583", "\u2584",
+                                 "\u2585", "\u2586", "\u2587", "\u2588"};
     std::uint64_t peak = 0;
     for (auto c : s.histogram.counts)
         peak = std::max(peak, c);

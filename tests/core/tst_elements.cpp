@@ -24,8 +24,7 @@ private Q_SLOTS:
     void truncatedUnderTheMapping();
 };
 
-void TestElements::narrowFloats_data()
-{
+void TestElements::narrowFloats_data() {
     // Values from the IEEE 754 binary16 and OCP 8-bit float specifications.
     QTest::addColumn<int>("dtype");
     QTest::addColumn<int>("bits");
@@ -58,8 +57,7 @@ void TestElements::narrowFloats_data()
     row("e8m0fnu nan", DType::Float8_e8m0fnu, 0xFF, NAN);
 }
 
-void TestElements::narrowFloats()
-{
+void TestElements::narrowFloats() {
     QFETCH(int, dtype);
     QFETCH(int, bits);
     QFETCH(double, expected);
@@ -77,8 +75,7 @@ void TestElements::narrowFloats()
         QCOMPARE(got, expected);
 }
 
-void TestElements::statsOfKnownTensor()
-{
+void TestElements::statsOfKnownTensor() {
     // small.pt holds w = arange(12).reshape(3, 4): mean 5.5, unbiased variance 13.
     const auto ck = openCheckpoint(testutil::dataPath("small.pt"));
     const TensorInfo* w = ck->findTensor("w");
@@ -97,8 +94,7 @@ void TestElements::statsOfKnownTensor()
     QVERIFY(!computeStats(ck, *w, 4, [](std::uint64_t, std::uint64_t) { return false; }));
 }
 
-void TestElements::histogramMatchesNumpyBinning()
-{
+void TestElements::histogramMatchesNumpyBinning() {
     // numpy.histogram([0, 1, 2, 3, 10], bins=3, range=(0, 10)) -> [4, 0, 1]; equal extremes widen by 0.5.
     HistogramAccumulator h(0, 10, 3);
     const double v[] = {0, 1, 2, 3, 10, NAN, INFINITY};
@@ -116,8 +112,7 @@ void TestElements::histogramMatchesNumpyBinning()
     QCOMPARE(wide.histogram().counts, (std::vector<std::uint64_t>{1, 1, 1, 1}));
 }
 
-void TestElements::elementAccess()
-{
+void TestElements::elementAccess() {
     const auto ck = openCheckpoint(testutil::dataPath("small_legacy.pt"));
     TensorReader w(ck, *ck->findTensor("w"));
     QCOMPARE(w.element(7), 7.0);
@@ -128,12 +123,13 @@ void TestElements::elementAccess()
     QVERIFY_THROWS_EXCEPTION(Error, n.element(1));
 }
 
-void TestElements::truncatedUnderTheMapping()
-{
+void TestElements::truncatedUnderTheMapping() {
     // A training job saving over the checkpoint while it is open: reads fail cleanly, no SIGBUS.
-    const std::string path = std::filesystem::temp_directory_path() / ("ckpt-trunc-" + std::to_string(getpid()) + ".pt");
-    std::filesystem::copy_file(std::string(CKPT_TEST_DATA) + "/../../../resources/sample/training_checkpoint.pt", path,
-                               std::filesystem::copy_options::overwrite_existing);
+    const std::string path =
+        std::filesystem::temp_directory_path() / ("ckpt-trunc-" + std::to_string(getpid()) + ".pt");
+    std::filesystem::copy_file(std::string(CKPT_TEST_DATA) +
+                                   "/../../../resources/sample/training_checkpoint.pt",
+                               path, std::filesystem::copy_options::overwrite_existing);
     const auto ck = openCheckpoint(path);
     const TensorInfo* t = ck->findTensor("optimizer_state_dict.state.8.exp_avg");
     QVERIFY(t);

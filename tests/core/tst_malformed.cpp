@@ -22,8 +22,7 @@ private Q_SLOTS:
     void randomCorruptionNeverCrashes();
 };
 
-void TestMalformed::zipCases_data()
-{
+void TestMalformed::zipCases_data() {
     QTest::addColumn<QByteArray>("bytes");
     QTest::addColumn<QString>("expected");
     const std::string good = readFile(dataPath("small.pt"));
@@ -32,8 +31,10 @@ void TestMalformed::zipCases_data()
     };
     row("unmodified", good, "ok");
     row("empty file", "", "t.pt: file is empty");
-    row("not a checkpoint", "hello world, this is text", "not a recognised checkpoint format (first bytes: 68 65 6c 6c");
-    row("preview format", "PYTORCH1 and some more bytes", "unsupported archive format from the PyTorch preview release");
+    row("not a checkpoint", "hello world, this is text",
+        "not a recognised checkpoint format (first bytes: 68 65 6c 6c");
+    row("preview format", "PYTORCH1 and some more bytes",
+        "unsupported archive format from the PyTorch preview release");
     row("truncated in the middle", good.substr(0, good.size() / 2), "no zip end-of-central-directory record");
     row("truncated by one byte", good.substr(0, good.size() - 1), "no zip end-of-central-directory record");
     {
@@ -44,7 +45,8 @@ void TestMalformed::zipCases_data()
     {
         std::string b = good;
         putU32(b, centralEntry(b, "small/data.pkl") + 42, 0x7FFFFFF0); // local header offset
-        row("data.pkl header out of bounds", b, "zip entry 'small/data.pkl': local header offset 2147483632 lies outside");
+        row("data.pkl header out of bounds", b,
+            "zip entry 'small/data.pkl': local header offset 2147483632 lies outside");
     }
     {
         std::string b = good;
@@ -59,19 +61,25 @@ void TestMalformed::zipCases_data()
         const std::size_t ce = centralEntry(b, "small/data/1");
         putU32(b, ce + 20, 0x7FFFFFFF);
         putU32(b, ce + 24, 0x7FFFFFFF);
-        row("storage record runs past the end", b, "storage record 'small/data/1': data (2147483647 bytes at offset");
+        row("storage record runs past the end", b,
+            "storage record 'small/data/1': data (2147483647 bytes at offset");
     }
     row("storage record missing", replaceAll(good, "small/data/0", "small/data/X"),
         "w: storage record 'small/data/0' referenced by the pickle does not exist");
-    row("duplicate entry names", replaceAll(good, "small/data/1", "small/data/0"), "zip entry name 'small/data/0' appears twice");
-    row("names differing only in case", replaceAll(good, "small/data/1", "small/DATA/0"), "appears twice (names are compared ignoring case");
-    row("no data.pkl", replaceAll(good, "small/data.pkl", "small/data.pkX"), "archive has no 'small/data.pkl' record");
-    row("entry outside a folder", replaceAll(good, "small/data.pkl", "smallXdata.pkl"), "file in archive is not in a subdirectory: 'smallXdata.pkl'");
+    row("duplicate entry names", replaceAll(good, "small/data/1", "small/data/0"),
+        "zip entry name 'small/data/0' appears twice");
+    row("names differing only in case", replaceAll(good, "small/data/1", "small/DATA/0"),
+        "appears twice (names are compared ignoring case");
+    row("no data.pkl", replaceAll(good, "small/data.pkl", "small/data.pkX"),
+        "archive has no 'small/data.pkl' record");
+    row("entry outside a folder", replaceAll(good, "small/data.pkl", "smallXdata.pkl"),
+        "file in archive is not in a subdirectory: 'smallXdata.pkl'");
     {
         std::string b = good;
         const std::size_t dataStart = 30 + getU16(b, 26) + getU16(b, 28);
         b[dataStart] = static_cast<char>(0xFF);
-        const std::string expected = "t.pt: at byte " + std::to_string(dataStart) + ": small/data.pkl: unknown pickle opcode 0xff";
+        const std::string expected =
+            "t.pt: at byte " + std::to_string(dataStart) + ": small/data.pkl: unknown pickle opcode 0xff";
         row("bad pickle opcode", b, expected.c_str());
     }
     {
@@ -90,8 +98,7 @@ void TestMalformed::zipCases_data()
     }
 }
 
-void TestMalformed::zipCases()
-{
+void TestMalformed::zipCases() {
     QFETCH(QByteArray, bytes);
     QFETCH(QString, expected);
     const std::string got = openOutcome("t.pt", bytes.toStdString());
@@ -101,8 +108,7 @@ void TestMalformed::zipCases()
         QVERIFY2(got.find(expected.toStdString()) != std::string::npos, ("got: " + got).c_str());
 }
 
-void TestMalformed::legacyCases_data()
-{
+void TestMalformed::legacyCases_data() {
     QTest::addColumn<QByteArray>("bytes");
     QTest::addColumn<QString>("expected");
     const std::string good = readFile(dataPath("small_legacy.pt"));
@@ -110,8 +116,10 @@ void TestMalformed::legacyCases_data()
         QTest::newRow(name) << QByteArray(b.data(), static_cast<qsizetype>(b.size())) << QString(expected);
     };
     row("unmodified", good, "ok");
-    row("cut inside the last storage", good.substr(0, good.size() - 3), "declares 8 bytes but the file holds only 5 more");
-    row("cut after the key list", good.substr(0, good.find("\x80\x02]q") + 2), "storage key list: needs 1 bytes");
+    row("cut inside the last storage", good.substr(0, good.size() - 3),
+        "declares 8 bytes but the file holds only 5 more");
+    row("cut after the key list", good.substr(0, good.find("\x80\x02]q") + 2),
+        "storage key list: needs 1 bytes");
     {
         std::string b = good;
         b[4] ^= 0x01; // inside the magic number's LONG1
@@ -124,21 +132,19 @@ void TestMalformed::legacyCases_data()
     }
 }
 
-void TestMalformed::legacyCases()
-{
+void TestMalformed::legacyCases() {
     zipCases();
 }
 
-void TestMalformed::everyTruncationFails_data()
-{
+void TestMalformed::everyTruncationFails_data() {
     QTest::addColumn<QString>("fixture");
     QTest::newRow("zip") << "small.pt";
     QTest::newRow("legacy") << "small_legacy.pt";
-    QTest::newRow("sample training checkpoint (sampled)") << "../../../resources/sample/training_checkpoint.pt";
+    QTest::newRow("sample training checkpoint (sampled)")
+        << "../../../resources/sample/training_checkpoint.pt";
 }
 
-void TestMalformed::everyTruncationFails()
-{
+void TestMalformed::everyTruncationFails() {
     QFETCH(QString, fixture);
     const std::string good = readFile(dataPath(fixture.toUtf8().constData()));
     const std::size_t step = good.size() > 4096 ? good.size() / 1500 : 1;
@@ -148,8 +154,7 @@ void TestMalformed::everyTruncationFails()
     }
 }
 
-void TestMalformed::randomCorruptionNeverCrashes()
-{
+void TestMalformed::randomCorruptionNeverCrashes() {
     // Flipped bytes may still give a readable file; what matters is a clean outcome every time.
     std::mt19937 rng(12345);
     for (const char* fixture : {"small.pt", "small_legacy.pt"}) {

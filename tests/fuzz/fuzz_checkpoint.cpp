@@ -9,10 +9,10 @@
 #include <cstdint>
 #include <string>
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
-{
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     try {
-        const auto ck = ckpt::openCheckpointBuffer("fuzz.pt", std::string(reinterpret_cast<const char*>(data), size));
+        const auto ck =
+            ckpt::openCheckpointBuffer("fuzz.pt", std::string(reinterpret_cast<const char*>(data), size));
         (void)ckpt::dumpJson(ckpt::infoJson(*ck, "fuzz.pt"));
         (void)ckpt::dumpJson(ckpt::lsJson(*ck, "fuzz.pt", ""));
         for (const auto& t : ck->tensors) {

@@ -5,8 +5,7 @@
 
 #include <cstdint>
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
-{
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     ckpt::Checkpoint ck;
     ck.arena = std::make_shared<ckpt::ValueArena>();
     ckpt::TorchPickleHooks hooks(ck);
