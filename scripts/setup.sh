@@ -35,7 +35,11 @@ case "$mode" in
     cmake --build build/dev -j "$jobs"
     status=0
     ctest --test-dir build/dev --output-on-failure -j "$jobs" --timeout 3600 || status=$?
-    # The parsers once more under libFuzzer, AddressSanitizer and UndefinedBehaviorSanitizer.
+    # Everything but the > 4 GiB test again under AddressSanitizer and UndefinedBehaviorSanitizer.
+    cmake --preset asan >/dev/null
+    cmake --build build/asan -j "$jobs"
+    ctest --test-dir build/asan --output-on-failure -j "$jobs" -LE large --timeout 3600 || status=$?
+    # The parsers under libFuzzer with the same sanitizers.
     cmake --preset fuzz >/dev/null
     cmake --build build/fuzz -j "$jobs"
     ctest --test-dir build/fuzz --output-on-failure -j "$jobs" -L fuzz || status=$?

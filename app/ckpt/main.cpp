@@ -35,7 +35,7 @@ struct Args {
 };
 
 [[noreturn]] void usageError(const std::string& what) {
-    std::cerr << "ckpt: " << ckpt::printable(what) << "\n" << kUsage;
+    std::cerr << "ckpt: " << ckpt::printable(what) << " (ckpt --help shows the usage)\n";
     std::exit(2);
 }
 

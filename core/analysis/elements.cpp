@@ -106,7 +106,11 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
     if (!m_tensor.error.empty())
         throw Error(ErrorCode::Malformed, m_tensor.error, fileName, {}, m_tensor.name);
     if (m_tensor.storage < 0 || static_cast<std::size_t>(m_tensor.storage) >= m_ck->storages.size())
-        throw Error(ErrorCode::Unsupported, "tensor has no data in the file", fileName, {}, m_tensor.name);
+        throw Error(ErrorCode::Unsupported,
+                    m_tensor.layout == Layout::Strided
+                        ? std::string("tensor has no data in the file")
+                        : std::string("a ") + layoutName(m_tensor.layout) + " tensor has no dense data to read",
+                    fileName, {}, m_tensor.name);
     if (m_tensor.dtype == DType::Float4_e2m1fn_x2)
         throw Error(ErrorCode::Unsupported, "float4_e2m1fn_x2 packs two values per element; not converted",
                     fileName, {}, m_tensor.name);

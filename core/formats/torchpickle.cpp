@@ -442,9 +442,7 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
             for (const Value* d : size->items)
                 t.shape.push_back(isInt(d) ? d->integer : 0);
         t.strides.assign(t.shape.size(), 0);
-        t.error =
-            std::string("sparse ") + (csr ? "CSR" : "COO") + " tensor: values are not read as a dense array";
-        return makeTensor(arena, std::move(t), offset);
+        return makeTensor(arena, std::move(t), offset); // listed with its layout; it has no dense data to read
     }
     if (qname == "torch._utils._rebuild_meta_tensor_no_storage" ||
         qname == "torch._utils._rebuild_wrapper_subclass") {
@@ -471,8 +469,7 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
             for (const Value* d : stride->items)
                 t.strides.push_back(isInt(d) ? d->integer : 0);
         t.strides.resize(t.shape.size(), 0);
-        t.error = "tensor was saved without data (" + t.device + ")";
-        return makeTensor(arena, std::move(t), offset);
+        return makeTensor(arena, std::move(t), offset); // saved without data, which is not an error
     }
     if (qname == "torch._utils._rebuild_device_tensor_from_cpu_tensor") {
         if (a0 && a0->kind == ValueKind::Tensor) {
