@@ -121,7 +121,7 @@ int run(const Args& a) {
     }
     if (a.command == "ls") {
         if (a.json)
-            std::cout << ckpt::dumpJson(ckpt::lsJson(*ck, a.file, a.filter)) << '\n';
+            ckpt::writeLsJson(std::cout, *ck, a.file, a.filter);
         else
             ckpt::printLs(std::cout, *ck, a.filter);
         return reportErrors(*ck, a.file) ? 2 : 0;

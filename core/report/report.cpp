@@ -244,6 +244,32 @@ nlohmann::json lsJson(const Checkpoint& ck, const std::string& file, const std::
     return j;
 }
 
+void writeLsJson(std::ostream& out, const Checkpoint& ck, const std::string& file, const std::string& filter)
+{
+    auto indented = [](const nlohmann::json& j, const char* pad) {
+        std::string text = dumpJson(j, 2);
+        std::string result = pad;
+        for (char c : text) {
+            result += c;
+            if (c == '\n')
+                result += pad;
+        }
+        return result;
+    };
+    // Keys in the order nlohmann's map would print them, so both writers give the same text.
+    out << "{\n  \"file\": " << dumpJson(file, -1) << ",\n  \"findings\": "
+        << indented(findingsJson(ck), "  ").substr(2) << ",\n  \"format\": " << dumpJson(ck.format, -1)
+        << ",\n  \"tensors\": [";
+    bool first = true;
+    for (const auto& t : ck.tensors) {
+        if (!filter.empty() && !globMatch(filter, t.name))
+            continue;
+        out << (first ? "\n" : ",\n") << indented(tensorJson(ck, t), "    ");
+        first = false;
+    }
+    out << (first ? "]\n}\n" : "\n  ]\n}\n");
+}
+
 nlohmann::json infoJson(const Checkpoint& ck, const std::string& file) {
     const Summary s = summarize(ck);
     auto totals = [](const Totals& t) {

@@ -42,6 +42,8 @@ nlohmann::json tensorJson(const Checkpoint& ck, const TensorInfo& t);
 nlohmann::json findingsJson(const Checkpoint& ck);
 nlohmann::json valueJson(const Value* v);
 nlohmann::json lsJson(const Checkpoint& ck, const std::string& file, const std::string& filter);
+// The same document written tensor by tensor, without building it in memory first.
+void writeLsJson(std::ostream& out, const Checkpoint& ck, const std::string& file, const std::string& filter);
 nlohmann::json infoJson(const Checkpoint& ck, const std::string& file);
 nlohmann::json statsJson(const TensorInfo& t, const TensorStats& s);
 
