@@ -28,10 +28,7 @@ Value* loadPickle(ValueArena& arena, PickleHooks& hooks, ByteReader& in, const s
 } // namespace
 
 std::shared_ptr<Checkpoint> readTorchLegacy(std::shared_ptr<const MappedFile> file) {
-    auto ck = std::make_shared<Checkpoint>();
-    ck->sources.push_back({file->path(), file});
-    ck->arena = std::make_shared<ValueArena>();
-    ck->format = "pytorch-legacy";
+    auto ck = newCheckpoint(file, "pytorch-legacy");
     const std::string& path = file->path();
     ByteReader in(file->bytes(), 0);
     try {
@@ -92,9 +89,7 @@ std::shared_ptr<Checkpoint> readTorchLegacy(std::shared_ptr<const MappedFile> fi
                 s.error =
                     streamError.empty() ? "storage '" + s.key + "' is not in the storage list" : streamError;
         resolveStorageViews(*ck);
-        walkTree(*ck, hooks.globalFindings());
-        checkTensorExtents(*ck);
-        compactPrototypes(*ck);
+        finishTorchCheckpoint(*ck, hooks);
         if (!streamError.empty() && !ck->hasErrors())
             ck->findings.push_back({Severity::Error, streamError, {}, {}, in.absolutePosition(), 0});
     } catch (const Error& e) {
@@ -104,10 +99,7 @@ std::shared_ptr<Checkpoint> readTorchLegacy(std::shared_ptr<const MappedFile> fi
 }
 
 std::shared_ptr<Checkpoint> readPlainPickle(std::shared_ptr<const MappedFile> file) {
-    auto ck = std::make_shared<Checkpoint>();
-    ck->sources.push_back({file->path(), file});
-    ck->arena = std::make_shared<ValueArena>();
-    ck->format = "pickle";
+    auto ck = newCheckpoint(file, "pickle");
     ck->formatDetail = "Python pickle";
     TorchPickleHooks hooks(*ck);
     try {
@@ -126,9 +118,7 @@ std::shared_ptr<Checkpoint> readPlainPickle(std::shared_ptr<const MappedFile> fi
     }
     for (auto& s : ck->storages)
         s.error = "a bare pickle holds no storage data";
-    walkTree(*ck, hooks.globalFindings());
-    checkTensorExtents(*ck);
-    compactPrototypes(*ck);
+    finishTorchCheckpoint(*ck, hooks);
     return ck;
 }
 

@@ -442,7 +442,8 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
             for (const Value* d : size->items)
                 t.shape.push_back(isInt(d) ? d->integer : 0);
         t.strides.assign(t.shape.size(), 0);
-        return makeTensor(arena, std::move(t), offset); // listed with its layout; it has no dense data to read
+        return makeTensor(arena, std::move(t),
+                          offset); // listed with its layout; it has no dense data to read
     }
     if (qname == "torch._utils._rebuild_meta_tensor_no_storage" ||
         qname == "torch._utils._rebuild_wrapper_subclass") {
@@ -826,6 +827,24 @@ void walkTree(Checkpoint& checkpoint, const std::unordered_map<std::string, std:
     checkpoint.tensors.reserve(checkpoint.prototypes.size());
     Walker w(checkpoint, globalFindings);
     w.walk(checkpoint.root, "", 0);
+}
+
+std::shared_ptr<Checkpoint> newCheckpoint(std::shared_ptr<const MappedFile> file, std::string format) {
+    auto ck = std::make_shared<Checkpoint>();
+    ck->sources.push_back({file->path(), std::move(file)});
+    ck->arena = std::make_shared<ValueArena>();
+    ck->format = std::move(format);
+    return ck;
+}
+
+void finishTorchCheckpoint(Checkpoint& ck, const TorchPickleHooks& hooks, const Value* constants) {
+    walkTree(ck, hooks.globalFindings());
+    if (constants && !constants->items.empty()) {
+        Walker w(ck, hooks.globalFindings());
+        w.walk(constants, "__constants__", 0);
+    }
+    checkTensorExtents(ck);
+    compactPrototypes(ck);
 }
 
 void checkTensorExtents(Checkpoint& ck) {

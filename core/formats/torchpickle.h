@@ -64,8 +64,16 @@ private:
     std::unordered_map<std::string, std::size_t> m_globalFindings;
 };
 
+// A checkpoint for one file, with an empty value arena.
+std::shared_ptr<Checkpoint> newCheckpoint(std::shared_ptr<const MappedFile> file, std::string format);
+
 // Names tensors and collects values from checkpoint.root into checkpoint.tensors / checkpoint.values.
 void walkTree(Checkpoint& checkpoint, const std::unordered_map<std::string, std::size_t>& globalFindings);
+
+// After the storages were located: names everything (TorchScript constants under "__constants__"),
+// checks every view against its storage and frees what naming made redundant.
+void finishTorchCheckpoint(Checkpoint& checkpoint, const TorchPickleHooks& hooks,
+                           const Value* constants = nullptr);
 
 // Legacy storage views hold their offset relative to the storage they slice; make it absolute.
 void resolveStorageViews(Checkpoint& checkpoint);

@@ -19,9 +19,7 @@ std::string trim(std::string s) {
 } // namespace
 
 std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file) {
-    auto ck = std::make_shared<Checkpoint>();
-    ck->sources.push_back({file->path(), file});
-    ck->arena = std::make_shared<ValueArena>();
+    auto ck = newCheckpoint(file, "pytorch-zip");
     ZipArchive zip(file);
     const std::string& path = file->path();
     if (zip.entries().empty())
@@ -51,7 +49,8 @@ std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file)
         throw Error(ErrorCode::Malformed,
                     "archive has no '" + prefix + "data.pkl' record; not a PyTorch checkpoint", path);
     const bool torchscript = zip.find(prefix + "constants.pkl") != nullptr;
-    ck->format = torchscript ? "torchscript" : "pytorch-zip";
+    if (torchscript)
+        ck->format = "torchscript";
 
     // Format version: required by PyTorch, range 1..10.
     std::string versionText;
@@ -159,18 +158,7 @@ std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file)
     }
     resolveStorageViews(*ck);
 
-    walkTree(*ck, hooks.globalFindings());
-    if (constants && !constants->items.empty()) {
-        // TorchScript constants: a tuple; tensors among them get names of their own.
-        for (std::size_t i = 0; i < constants->items.size(); ++i)
-            if (constants->items[i]->kind == ValueKind::Tensor) {
-                TensorInfo t = prototype(*ck, static_cast<std::size_t>(constants->items[i]->integer));
-                t.name = "__constants__." + std::to_string(i);
-                ck->tensors.push_back(std::move(t));
-            }
-    }
-    checkTensorExtents(*ck);
-    compactPrototypes(*ck);
+    finishTorchCheckpoint(*ck, hooks, constants);
 
     // Members that are not tensor data: TorchScript code and debug info, extra files.
     for (const auto& e : zip.entries()) {

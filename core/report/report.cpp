@@ -244,8 +244,8 @@ nlohmann::json lsJson(const Checkpoint& ck, const std::string& file, const std::
     return j;
 }
 
-void writeLsJson(std::ostream& out, const Checkpoint& ck, const std::string& file, const std::string& filter)
-{
+void writeLsJson(std::ostream& out, const Checkpoint& ck, const std::string& file,
+                 const std::string& filter) {
     auto indented = [](const nlohmann::json& j, const char* pad) {
         std::string text = dumpJson(j, 2);
         std::string result = pad;
@@ -257,9 +257,9 @@ void writeLsJson(std::ostream& out, const Checkpoint& ck, const std::string& fil
         return result;
     };
     // Keys in the order nlohmann's map would print them, so both writers give the same text.
-    out << "{\n  \"file\": " << dumpJson(file, -1) << ",\n  \"findings\": "
-        << indented(findingsJson(ck), "  ").substr(2) << ",\n  \"format\": " << dumpJson(ck.format, -1)
-        << ",\n  \"tensors\": [";
+    out << "{\n  \"file\": " << dumpJson(file, -1)
+        << ",\n  \"findings\": " << indented(findingsJson(ck), "  ").substr(2)
+        << ",\n  \"format\": " << dumpJson(ck.format, -1) << ",\n  \"tensors\": [";
     bool first = true;
     for (const auto& t : ck.tensors) {
         if (!filter.empty() && !globMatch(filter, t.name))
