@@ -1,5 +1,7 @@
 #include "stats.h"
 
+#include "io/error.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -103,21 +105,26 @@ void HistogramAccumulator::add(std::span<const double> values) {
     }
 }
 
-std::optional<TensorStats> computeStats(const CheckpointPtr& checkpoint, const TensorInfo& tensor, int bins,
-                                        const ProgressFn& progress) {
-    TensorReader reader(checkpoint, tensor);
-    const std::uint64_t total = reader.numel() * 2;
+namespace {
+
+// Two streaming passes over the readers' elements together: moments, then the histogram over [min, max].
+std::optional<TensorStats> statsOverReaders(const std::vector<TensorReader>& readers, int bins,
+                                            const ProgressFn& progress) {
+    std::uint64_t total = 0;
+    for (const auto& r : readers)
+        total += r.numel() * 2;
     std::uint64_t done = 0;
     auto tick = [&](std::size_t n) {
         done += n;
         return !progress || progress(done, total);
     };
     MomentAccumulator moments;
-    if (!reader.forEachChunk([&](std::span<const double> v, std::uint64_t) {
-            moments.add(v);
-            return tick(v.size());
-        }))
-        return std::nullopt;
+    for (const auto& r : readers)
+        if (!r.forEachChunk([&](std::span<const double> v, std::uint64_t) {
+                moments.add(v);
+                return tick(v.size());
+            }))
+            return std::nullopt;
     TensorStats stats;
     moments.finish(stats);
     if (stats.finite == 0) {
@@ -125,13 +132,38 @@ std::optional<TensorStats> computeStats(const CheckpointPtr& checkpoint, const T
         return stats;
     }
     HistogramAccumulator hist(stats.min, stats.max, bins);
-    if (!reader.forEachChunk([&](std::span<const double> v, std::uint64_t) {
-            hist.add(v);
-            return tick(v.size());
-        }))
-        return std::nullopt;
+    for (const auto& r : readers)
+        if (!r.forEachChunk([&](std::span<const double> v, std::uint64_t) {
+                hist.add(v);
+                return tick(v.size());
+            }))
+            return std::nullopt;
     stats.histogram = hist.histogram();
     return stats;
+}
+
+} // namespace
+
+std::optional<TensorStats> computeStats(const CheckpointPtr& checkpoint, const TensorInfo& tensor, int bins,
+                                        const ProgressFn& progress) {
+    std::vector<TensorReader> readers;
+    readers.emplace_back(checkpoint, tensor);
+    return statsOverReaders(readers, bins, progress);
+}
+
+std::optional<TensorStats> computeStatsOfMany(const CheckpointPtr& checkpoint,
+                                              const std::vector<const TensorInfo*>& tensors, int bins,
+                                              const ProgressFn& progress, std::vector<std::string>* skipped) {
+    std::vector<TensorReader> readers;
+    for (const TensorInfo* t : tensors) {
+        try {
+            readers.emplace_back(checkpoint, *t);
+        } catch (const Error&) {
+            if (skipped)
+                skipped->push_back(t->name);
+        }
+    }
+    return statsOverReaders(readers, bins, progress);
 }
 
 } // namespace ckpt

@@ -54,4 +54,11 @@ private:
 std::optional<TensorStats> computeStats(const CheckpointPtr& checkpoint, const TensorInfo& tensor, int bins,
                                         const ProgressFn& progress = {});
 
+// The same over all elements of several tensors together (every tensor of a module), as if concatenated.
+// Tensors without readable values are skipped and named in `skipped`.
+std::optional<TensorStats> computeStatsOfMany(const CheckpointPtr& checkpoint,
+                                              const std::vector<const TensorInfo*>& tensors, int bins,
+                                              const ProgressFn& progress = {},
+                                              std::vector<std::string>* skipped = nullptr);
+
 } // namespace ckpt

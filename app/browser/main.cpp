@@ -1,0 +1,78 @@
+// ckpt-browser: the desktop window. Argument parsing only; the window is in ckptui.
+
+#include "checkpointview.h"
+#include "histogrampage.h"
+#include "mainwindow.h"
+
+#include <QApplication>
+#include <QCommandLineParser>
+#include <QTimer>
+
+#include <cstdio>
+
+int main(int argc, char** argv) {
+    QApplication app(argc, argv);
+    QApplication::setOrganizationName(QStringLiteral("checkpoint-browser"));
+    QApplication::setApplicationName(QStringLiteral("ckpt-browser"));
+    QApplication::setApplicationDisplayName(QStringLiteral("Checkpoint Browser"));
+    QApplication::setApplicationVersion(QStringLiteral(CKPT_VERSION));
+
+    QCommandLineParser parser;
+    parser.setApplicationDescription(
+        QStringLiteral("Looks inside model checkpoints without loading or running them."));
+    parser.addHelpOption();
+    parser.addVersionOption();
+    parser.addPositionalArgument(QStringLiteral("files"), QStringLiteral("Checkpoints to open."),
+                                 QStringLiteral("[FILE...]"));
+    const QCommandLineOption select(QStringLiteral("select"),
+                                    QStringLiteral("Select a tensor or module by its full name."),
+                                    QStringLiteral("NAME"));
+    const QCommandLineOption stats(QStringLiteral("statistics"), QStringLiteral("Show the Statistics page."));
+    const QCommandLineOption ready(
+        QStringLiteral("report-ready"),
+        QStringLiteral("Print 'ready' when the tree of the first file is shown (benchmarks)."));
+    const QCommandLineOption quit(
+        QStringLiteral("quit-when-ready"),
+        QStringLiteral("Quit once ready (and once the statistics are drawn, with --statistics)."));
+    const QCommandLineOption shot(QStringLiteral("screenshot"),
+                                  QStringLiteral("Save a picture of the window when ready."),
+                                  QStringLiteral("PNG"));
+    parser.addOptions({select, stats, ready, quit, shot});
+    parser.process(app);
+
+    ckpt::ui::MainWindow window;
+    window.show();
+    const QStringList files = parser.positionalArguments();
+    ckpt::ui::CheckpointView* first = nullptr;
+    for (const QString& f : files) {
+        auto* v = window.openFile(f);
+        if (!first)
+            first = v;
+    }
+    if (first) {
+        QObject::connect(first, &ckpt::ui::CheckpointView::loadFinished, &window, [&, first](bool ok) {
+            if (ok && parser.isSet(select))
+                first->selectName(parser.value(select));
+            // Report once the tree has been painted, not merely built.
+            auto finish = [&, first, ok] {
+                if (parser.isSet(ready)) {
+                    std::printf("ready %s %lld ms\n", ok ? "ok" : "failed",
+                                static_cast<long long>(first->loadMilliseconds()));
+                    std::fflush(stdout);
+                }
+                if (parser.isSet(shot))
+                    window.grab().save(parser.value(shot));
+                if (parser.isSet(quit))
+                    QApplication::exit(ok ? 0 : 2);
+            };
+            if (ok && parser.isSet(stats)) {
+                QObject::connect(first->histogramPage(), &ckpt::ui::HistogramPage::finished, &window,
+                                 [finish] { QTimer::singleShot(100, finish); });
+                first->showStatistics();
+            } else {
+                QTimer::singleShot(0, finish);
+            }
+        });
+    }
+    return QApplication::exec();
+}

@@ -1,0 +1,43 @@
+#pragma once
+
+#include <QMainWindow>
+
+class QMenu;
+class QStackedWidget;
+class QTabWidget;
+
+namespace ckpt::ui {
+
+class CheckpointView;
+
+// The browser window: one tab per open checkpoint, File > Open / Open Recent / Reload, drag and drop,
+// window state kept across runs.
+class MainWindow final : public QMainWindow {
+    Q_OBJECT
+public:
+    explicit MainWindow(QWidget* parent = nullptr);
+
+    CheckpointView* openFile(const QString& path);
+    CheckpointView* currentView() const;
+    QTabWidget* tabs() const { return m_tabs; }
+    QStringList recentFiles() const;
+
+protected:
+    void closeEvent(QCloseEvent* event) override;
+    void dragEnterEvent(QDragEnterEvent* event) override;
+    void dropEvent(QDropEvent* event) override;
+
+private:
+    void openDialog();
+    void addRecent(const QString& path);
+    void rebuildRecentMenu();
+    void closeTab(int index);
+    void updateActions();
+
+    QTabWidget* m_tabs;
+    QStackedWidget* m_stack;
+    QMenu* m_recentMenu;
+    QList<QAction*> m_viewActions; // enabled only while a checkpoint is open
+};
+
+} // namespace ckpt::ui
