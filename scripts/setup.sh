@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what is missing (Debian 12, as root), builds, then runs the main job or the whole test suite.
-#   scripts/setup.sh run    build, then show the bundled sample checkpoint
+#   scripts/setup.sh run    build, then open the bundled sample checkpoint in the window
 #   scripts/setup.sh test   build, then run every test through CTest
 set -euo pipefail
 mode=${1:-run}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 
-build_pkgs=(build-essential cmake ninja-build pkg-config zlib1g-dev nlohmann-json3-dev)
-test_pkgs=(qt6-base-dev python3-torch python3-numpy python3-torchvision clang libclang-rt-14-dev)
+build_pkgs=(build-essential cmake ninja-build pkg-config zlib1g-dev nlohmann-json3-dev qt6-base-dev
+            libqcustomplot-dev)
+test_pkgs=(python3-torch python3-numpy python3-torchvision clang libclang-rt-14-dev xvfb xauth)
 pkgs=("${build_pkgs[@]}")
 [ "$mode" = test ] && pkgs+=("${test_pkgs[@]}")
 
@@ -28,7 +29,8 @@ case "$mode" in
   run)
     cmake --preset release >/dev/null
     cmake --build build/release -j "$jobs"
-    exec build/release/app/ckpt info resources/sample/training_checkpoint.pt
+    build/release/app/ckpt info resources/sample/training_checkpoint.pt
+    exec build/release/app/ckpt-browser resources/sample/training_checkpoint.pt
     ;;
   test)
     cmake --preset dev >/dev/null

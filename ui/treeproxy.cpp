@@ -4,12 +4,45 @@
 
 namespace ckpt::ui {
 
+bool naturalLess(const QString& a, const QString& b) {
+    qsizetype i = 0, j = 0;
+    while (i < a.size() && j < b.size()) {
+        if (a[i].isDigit() && b[j].isDigit()) {
+            qsizetype ie = i, je = j;
+            while (ie < a.size() && a[ie].isDigit())
+                ++ie;
+            while (je < b.size() && b[je].isDigit())
+                ++je;
+            // Compare values without converting: skip leading zeros, then the longer run is larger.
+            qsizetype is = i, js = j;
+            while (is + 1 < ie && a[is] == QLatin1Char('0'))
+                ++is;
+            while (js + 1 < je && b[js] == QLatin1Char('0'))
+                ++js;
+            if (ie - is != je - js)
+                return ie - is < je - js;
+            for (qsizetype k = 0; k < ie - is; ++k)
+                if (a[is + k] != b[js + k])
+                    return a[is + k] < b[js + k];
+            i = ie;
+            j = je;
+            continue;
+        }
+        const QChar x = a[i].toCaseFolded(), y = b[j].toCaseFolded();
+        if (x != y)
+            return x < y;
+        ++i;
+        ++j;
+    }
+    if ((a.size() - i) != (b.size() - j))
+        return a.size() - i < b.size() - j;
+    return a < b;
+}
+
 TreeProxy::TreeProxy(QObject* parent)
     : QSortFilterProxyModel(parent) {
     setRecursiveFilteringEnabled(true);
     setSortRole(ModuleTreeModel::SortRole);
-    m_collator.setNumericMode(true);
-    m_collator.setCaseSensitivity(Qt::CaseInsensitive);
     connect(this, &QAbstractItemModel::modelReset, this, &TreeProxy::countMatches);
 }
 
@@ -68,7 +101,7 @@ bool TreeProxy::lessThan(const QModelIndex& left, const QModelIndex& right) cons
     const QVariant l = left.data(ModuleTreeModel::SortRole);
     const QVariant r = right.data(ModuleTreeModel::SortRole);
     if (l.typeId() == QMetaType::QString && r.typeId() == QMetaType::QString)
-        return m_collator.compare(l.toString(), r.toString()) < 0;
+        return naturalLess(l.toString(), r.toString());
     return QVariant::compare(l, r) == QPartialOrdering::Less;
 }
 

@@ -1,10 +1,13 @@
 #pragma once
 
-#include <QCollator>
 #include <QRegularExpression>
 #include <QSortFilterProxyModel>
 
 namespace ckpt::ui {
+
+// Natural order, the same in every locale: runs of digits compare by value (`2` < `10`), other
+// characters case-insensitively; ties are broken by the exact text.
+bool naturalLess(const QString& a, const QString& b);
 
 // Sorting and filtering of the module tree: names in natural order (`layers.2` before `layers.10`), numbers
 // as numbers; the filter matches full dotted names by substring, glob or regular expression and keeps each
@@ -40,7 +43,6 @@ private:
     bool m_valid = true;
     QString m_error;
     int m_matches = -1;
-    QCollator m_collator;
 };
 
 } // namespace ckpt::ui
