@@ -27,7 +27,9 @@ int main(int argc, char** argv) {
     const QCommandLineOption select(QStringLiteral("select"),
                                     QStringLiteral("Select a tensor or module by its full name."),
                                     QStringLiteral("NAME"));
-    const QCommandLineOption stats(QStringLiteral("statistics"), QStringLiteral("Show the Statistics page."));
+    const QCommandLineOption page(QStringLiteral("page"),
+                                  QStringLiteral("Page to show: details, statistics or values."),
+                                  QStringLiteral("PAGE"), QStringLiteral("details"));
     const QCommandLineOption ready(
         QStringLiteral("report-ready"),
         QStringLiteral("Print 'ready' when the tree of the first file is shown (benchmarks)."));
@@ -37,7 +39,7 @@ int main(int argc, char** argv) {
     const QCommandLineOption shot(QStringLiteral("screenshot"),
                                   QStringLiteral("Save a picture of the window when ready."),
                                   QStringLiteral("PNG"));
-    parser.addOptions({select, stats, ready, quit, shot});
+    parser.addOptions({select, page, ready, quit, shot});
     parser.process(app);
 
     ckpt::ui::MainWindow window;
@@ -65,7 +67,9 @@ int main(int argc, char** argv) {
                 if (parser.isSet(quit))
                     QApplication::exit(ok ? 0 : 2);
             };
-            if (ok && parser.isSet(stats)) {
+            if (ok && parser.value(page) == QLatin1String("values"))
+                first->showValues();
+            if (ok && parser.value(page) == QLatin1String("statistics")) {
                 QObject::connect(first->histogramPage(), &ckpt::ui::HistogramPage::finished, &window,
                                  [finish] { QTimer::singleShot(100, finish); });
                 first->showStatistics();
