@@ -22,6 +22,7 @@
 #include <QLineEdit>
 #include <QMenu>
 #include <QPushButton>
+#include <QSettings>
 #include <QSplitter>
 #include <QTabWidget>
 #include <QTimer>
@@ -211,7 +212,11 @@ void CheckpointView::onLoaded() {
         for (int w : widths)
             tree += w;
         auto* splitter = static_cast<QSplitter*>(m_tree->parentWidget());
-        splitter->setSizes({tree + 2 * em, std::max(splitter->width() - tree - 2 * em, 30 * em)});
+        const QByteArray saved = QSettings().value(QStringLiteral("view/splitter")).toByteArray();
+        if (saved.isEmpty() || !splitter->restoreState(saved))
+            splitter->setSizes({tree + 2 * em, std::max(splitter->width() - tree - 2 * em, 30 * em)});
+        connect(splitter, &QSplitter::splitterMoved, this,
+                [splitter] { QSettings().setValue(QStringLiteral("view/splitter"), splitter->saveState()); });
     }
     if (m_model->rowCount() <= 50)
         m_tree->expandToDepth(0);
