@@ -107,9 +107,9 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
         throw Error(ErrorCode::Malformed, m_tensor.error, fileName, {}, m_tensor.name);
     if (m_tensor.storage < 0 || static_cast<std::size_t>(m_tensor.storage) >= m_ck->storages.size())
         throw Error(ErrorCode::Unsupported,
-                    m_tensor.layout == Layout::Strided
-                        ? std::string("tensor has no data in the file")
-                        : std::string("a ") + layoutName(m_tensor.layout) + " tensor has no dense data to read",
+                    m_tensor.layout == Layout::Strided ? std::string("tensor has no data in the file")
+                                                       : std::string("a ") + layoutName(m_tensor.layout) +
+                                                             " tensor has no dense data to read",
                     fileName, {}, m_tensor.name);
     if (m_tensor.dtype == DType::Float4_e2m1fn_x2)
         throw Error(ErrorCode::Unsupported, "float4_e2m1fn_x2 packs two values per element; not converted",
@@ -377,6 +377,8 @@ bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>
     std::vector<std::int64_t> counter(nd, 0);
     std::vector<double> buffer(chunk);
     std::uint64_t index = 0;
+    const bool contiguous = nd == 1 && strides.back() == 1;
+    std::uint64_t released = m_base + static_cast<std::uint64_t>(m_tensor.storageOffset) * elsize;
     while (index < m_numel) {
         std::uint64_t el = static_cast<std::uint64_t>(m_tensor.storageOffset);
         for (std::size_t d = 0; d + 1 < nd; ++d)
@@ -398,6 +400,15 @@ bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>
                 return false;
             done += n;
             index += n;
+            // Drop what was read from our resident set every few MiB; contiguous data only (strided reads
+            // revisit pages).
+            if (contiguous) {
+                const std::uint64_t readEnd = m_base + (m_tensor.storageOffset + index) * elsize;
+                if (readEnd - released >= (8u << 20)) {
+                    m_file->release(released, readEnd - released);
+                    released = readEnd;
+                }
+            }
         }
         for (std::size_t d = nd - 1; d-- > 0;) { // odometer over the outer dimensions
             if (++counter[d] < shape[d])
@@ -405,6 +416,8 @@ bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>
             counter[d] = 0;
         }
     }
+    if (contiguous)
+        m_file->release(released, m_base + (m_tensor.storageOffset + m_numel) * elsize - released);
     return true;
 }
 

@@ -134,6 +134,16 @@ void MappedFile::ensureReadable(std::uint64_t end) const {
                     m_path);
 }
 
+void MappedFile::release(std::uint64_t offset, std::uint64_t n) const {
+    if (!m_mapped || offset >= m_size)
+        return;
+    const std::uint64_t page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+    const std::uint64_t begin = (offset + page - 1) / page * page; // whole pages inside the range only
+    const std::uint64_t end = std::min(offset + n, m_size) / page * page;
+    if (end > begin)
+        madvise(const_cast<std::uint8_t*>(m_data) + begin, end - begin, MADV_DONTNEED);
+}
+
 bool MappedFile::readAt(std::uint64_t offset, std::size_t n, void* dst) const {
     if (offset > m_size || n > m_size - offset)
         return false;

@@ -37,6 +37,10 @@ public:
     // Throws Error(Changed) when the file shrank below `end` or was replaced.
     void ensureReadable(std::uint64_t end) const;
 
+    // Tells the kernel this process is done with [offset, offset + n) for now: the pages leave our resident
+    // set (they stay in the page cache), so streaming over a large file keeps memory bounded.
+    void release(std::uint64_t offset, std::uint64_t n) const;
+
     // Copies [offset, offset + n) into dst with pread, without touching the mapping: the kernel maps up to
     // 64 KiB around every touched page, so reading small headers spread over a huge file through the
     // mapping would pull tensor data into the process. Falls back to the mapping for in-memory buffers.
