@@ -5,6 +5,7 @@
 #include "formats/torchpickle.h"
 #include "pickle/unpickler.h"
 
+#include <QTemporaryDir>
 #include <QTest>
 
 #include <filesystem>
@@ -47,6 +48,9 @@ private Q_SLOTS:
     void deepNestingIsBounded();
     void cyclesAreListedOnce();
     void bigIntegers();
+
+private:
+    QTemporaryDir m_dir; // where the payloads would leave their marker files
 };
 
 void TestUnpickler::opcodes_data() {
