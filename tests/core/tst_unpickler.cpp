@@ -9,7 +9,6 @@
 #include <QTest>
 
 #include <filesystem>
-#include <unistd.h>
 
 using namespace ckpt;
 
@@ -127,9 +126,8 @@ void TestUnpickler::dangerousCallsAreRecordedNotRun_data() {
     QTest::addColumn<QByteArray>("pickle");
     QTest::addColumn<QString>("global");
     QTest::addColumn<QString>("marker");
-    const std::string dir =
-        std::filesystem::temp_directory_path() / ("ckpt-unpickler-" + std::to_string(getpid()));
-    std::filesystem::create_directories(dir);
+    QVERIFY(m_dir.isValid());
+    const std::string dir = m_dir.path().toStdString();
     auto cmdPickle = [&](const std::string& globalLine, const std::string& marker, char op) {
         const std::string cmd = "touch " + dir + "/" + marker;
         std::string p = "\x80\x02";
