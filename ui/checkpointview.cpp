@@ -205,7 +205,7 @@ void CheckpointView::onLoaded() {
                     // after
         m_sized = true;
         const int em = fontMetrics().horizontalAdvance(QLatin1Char('M'));
-        const int widths[] = {22 * em, 9 * em, 6 * em, 5 * em, 8 * em, 7 * em};
+        const int widths[] = {21 * em, 10 * em, 6 * em, 5 * em, 10 * em, 7 * em};
         for (int c = 0; c < ModuleTreeModel::ColumnCount; ++c)
             m_tree->header()->resizeSection(c, widths[c]);
         int tree = 0;

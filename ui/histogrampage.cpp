@@ -1,5 +1,6 @@
 #include "histogrampage.h"
 
+#include "analysis/torchstats/loader.h"
 #include "io/error.h"
 #include "report/report.h"
 
@@ -194,7 +195,8 @@ void HistogramPage::start() {
         try {
             const Checkpoint& ck = *loaded->checkpoint;
             if (tensors.size() == 1) {
-                result->stats = computeStats(
+                // LibTorch for every tensor it handles: its one-time load happens here, on the worker.
+                result->stats = computeStatsWithPlugin(
                     loaded->checkpoint, ck.tensors[static_cast<std::size_t>(tensors[0])], bins, onProgress);
             } else {
                 std::vector<const TensorInfo*> list;

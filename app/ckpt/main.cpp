@@ -1,6 +1,7 @@
 // ckpt: inspect checkpoints from the command line. Argument parsing only; the work is in ckptcore.
 
 #include "analysis/stats.h"
+#include "analysis/torchstats/loader.h"
 #include "formats/open.h"
 #include "io/error.h"
 #include "report/report.h"
@@ -143,7 +144,7 @@ int run(const Args& a) {
     nlohmann::json out{{"file", a.file}, {"tensors", nlohmann::json::array()}};
     for (const ckpt::TensorInfo* t : selected) {
         try {
-            const auto stats = ckpt::computeStats(ck, *t, a.bins);
+            const auto stats = ckpt::computeStatsFast(ck, *t, a.bins);
             if (a.json)
                 out["tensors"].push_back(ckpt::statsJson(*t, *stats));
             else

@@ -92,10 +92,17 @@ int main(int argc, char** argv) {
             best = std::min(best, x);
         out["best_s"] = best;
         out["gbps"] = static_cast<double>(t->nbytes()) / best / 1e9;
-        out["stats"] = {{"count", s->count},     {"finite", s->finite},   {"zeros", s->zeros},
-                        {"nan", s->nan},         {"inf", s->inf},         {"min", number(s->min)},
-                        {"max", number(s->max)}, {"mean", number(s->mean)}, {"std", number(s->std)},
-                        {"edges", s->histogram.edges}, {"counts", s->histogram.counts}};
+        out["stats"] = {{"count", s->count},
+                        {"finite", s->finite},
+                        {"zeros", s->zeros},
+                        {"nan", s->nan},
+                        {"inf", s->inf},
+                        {"min", number(s->min)},
+                        {"max", number(s->max)},
+                        {"mean", number(s->mean)},
+                        {"std", number(s->std)},
+                        {"edges", s->histogram.edges},
+                        {"counts", s->histogram.counts}};
         std::cout << out.dump() << "\n";
         return 0;
     } catch (const ckpt::Error& e) {

@@ -8,8 +8,10 @@
  * min, max, mean, std over the finite elements (NaN and +-Inf counted in nan / inf and left out); std with
  * Bessel's correction; zeros = elements equal to zero; a histogram of `bins` equal-width bins over
  * [min, max] of the finite values, the last bin closed, with numpy.linspace edges and numpy.histogram's
- * bin assignment ([min - 0.5, max + 0.5] when min == max). Counts, min and max are exactly those of the
- * portable path; mean and std agree to about 1e-12 relative (both accumulate in double, chunk by chunk).
+ * bin assignment ([min - 0.5, max + 0.5] when min == max). Counts, min, max and the histogram are exactly
+ * those of the portable path; mean and std agree to 1e-9 relative or better (both accumulate in double over
+ * the same chunks of 16384 elements, summing inside a chunk in a different order; where cancellation makes
+ * them tiny beside max|x|, to about 1e-12 max|x|).
  */
 #ifndef CKPT_TORCHSTATS_ABI_H
 #define CKPT_TORCHSTATS_ABI_H
@@ -25,11 +27,12 @@ extern "C" {
 /* The plugin's file name, looked for by the loader. */
 #define CKPT_STATS_PLUGIN_NAME "libckpt_torchstats.so"
 
-/* Return codes of ckpt_stats_compute. */
+/* Return codes of ckpt_stats_compute. UNSUPPORTED: a dtype the plugin does not handle, or a CPU without
+ * AVX2, FMA and F16C; use the portable path. ERROR: the message is in ckpt_stats_output.error. */
 #define CKPT_STATS_OK 0
 #define CKPT_STATS_CANCELLED 1
-#define CKPT_STATS_UNSUPPORTED 2 /* dtype the plugin does not handle: use the portable path */
-#define CKPT_STATS_ERROR 3       /* message in ckpt_stats_output.error */
+#define CKPT_STATS_UNSUPPORTED 2
+#define CKPT_STATS_ERROR 3
 
 /* Called from the thread that called ckpt_stats_compute, never from a worker, at most about 100 times,
  * with done <= total (total = 2 * numel: one pass for the moments, one for the histogram). Return 0 to
@@ -37,14 +40,14 @@ extern "C" {
 typedef int (*ckpt_progress_fn)(void* ctx, uint64_t done, uint64_t total);
 
 typedef struct {
-    const void* data;  /* numel contiguous elements, row-major, native (little-endian) byte order; any
-                          alignment; may lie in a read-only mapping. May be null when numel is 0. */
-    int dtype;         /* ckpt::DType numeric value: Float16 5, Float32 6, Float64 7, BFloat16 15 */
+    const void* data; /* numel contiguous elements, row-major, native (little-endian) byte order; any
+                         alignment; may lie in a read-only mapping. May be null when numel is 0. */
+    int dtype;        /* ckpt::DType numeric value: Float16 5, Float32 6, Float64 7, BFloat16 15 */
     uint64_t numel;
-    int bins;          /* >= 1 */
+    int bins;                  /* >= 1 */
     ckpt_progress_fn progress; /* may be null */
     void* ctx;
-    int threads;       /* 0 = every core this process may run on */
+    int threads; /* 0 = every core this process may run on */
 } ckpt_stats_input;
 
 typedef struct {

@@ -1,28 +1,36 @@
-// Chunk kernels of the statistics plugin, written with LibTorch's at::vec::Vectorized.
+// Chunk kernels of the statistics plugin, written with LibTorch's at::vec::Vectorized in its AVX2 form.
 //
-// Built twice from this one file (CMakeLists.txt): CKPT_TS_AVX2=0 for any x86-64 CPU, and CKPT_TS_AVX2=1
-// with -mavx2 -mfma -mf16c. Where sleef.h is there (libsleef-dev) the AVX2 build also defines
-// CPU_CAPABILITY_AVX2, which turns Vectorized into AVX2 intrinsics; without it Vectorized is its portable
-// fixed-size form, which GCC vectorises for AVX2 just as well in these loops (measured, see README of
-// tests/bench). Everything here has internal linkage except the one table getter, so the two builds never
-// share a symbol of their own; inline functions from the torch headers that both builds instantiate are
-// resolved to the generic build by link order (generic object first, see CMakeLists.txt).
+// Compiled with -mavx2 -mfma -mf16c and CPU_CAPABILITY_AVX2 (which needs sleef.h, from libsleef-dev; no
+// sleef function is called, so nothing links it); plugin.cpp calls it only on CPUs with AVX2, FMA and F16C.
+// Everything but kernelsAvx2() has internal linkage.
 //
-// Exactness: every float format is widened exactly (float16 / bfloat16 -> float -> double) and every step
-// is the one stats.cpp takes, in the same IEEE operations, compiled with -ffp-contract=off so that no
-// multiply-add is fused: counts, min and max are identical to the portable path; mean and M2 differ only
-// in the order of additions inside a chunk.
+// Exactness. Every float format is widened exactly (float16 / bfloat16 -> float -> double). Counts, min,
+// max and the histogram are computed with the IEEE operations stats.cpp uses (and -ffp-contract=off, so no
+// multiply-add is fused where it would change a rounding): they are identical to the portable path. Mean
+// and M2 are per-chunk sums in a different order (vector lanes), merged like the portable path's chunks.
+//
+// Speed. Each kernel has a fast path for the common case and falls back, per chunk or per four values, to a
+// careful one that follows stats.cpp step by step:
+//  - moments: one sweep sums, counts zeros and takes min / max without looking for NaN or Inf; the sum is
+//    finite exactly when every element was (float formats; for float64 an overflowing sum also takes the
+//    careful sweep), else the chunk is swept again with masks. Then M2 about the chunk mean while the chunk
+//    is in cache, prefetching the next chunk meanwhile.
+//  - histogram: the bin is floor(pos) with pos = (v - lo) * norm as stats.cpp computes it; NumPy's
+//    correction against the edges can only move it when pos lies within `margin` of an integer (error
+//    bound in plugin.cpp), so only such values (and NaN, Inf) are settled against the gathered edges.
 
 #include "kernels.h"
 
 #include <ATen/cpu/vec/vec.h>
 
+#include <immintrin.h>
+
 #include <cmath>
 #include <cstring>
 #include <limits>
 
-#if CKPT_TS_AVX2
-#include <immintrin.h>
+#if !defined(CPU_CAPABILITY_AVX2) || !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "kernels.cpp is built for AVX2: -mavx2 -mfma -mf16c -DCPU_CAPABILITY=AVX2 -DCPU_CAPABILITY_AVX2"
 #endif
 
 namespace ckpt_torchstats {
@@ -38,19 +46,13 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // Exact float -> double of eight lanes.
 inline void widen(const Vf& v, Vd& lo, Vd& hi) {
-#if defined(CPU_CAPABILITY_AVX2)
     const __m256 x = v;
     lo = _mm256_cvtps_pd(_mm256_castps256_ps128(x));
     hi = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
-#else
-    alignas(32) float f[8];
-    alignas(32) double d[8];
-    v.store(f);
-    for (int i = 0; i < 8; ++i)
-        d[i] = static_cast<double>(f[i]);
-    lo = Vd::loadu(d);
-    hi = Vd::loadu(d + 4);
-#endif
+}
+
+inline void prefetch(const void* p) {
+    _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
 }
 
 inline std::uint16_t load16(const unsigned char* p) {
@@ -65,7 +67,7 @@ inline float bitsToFloat(std::uint32_t b) {
     return f;
 }
 
-// IEEE binary16 -> float, exactly (subnormals, infinities, NaN).
+// IEEE binary16 -> float, exactly (subnormals, infinities, NaN), for the tails.
 inline float halfToFloat(std::uint16_t h) {
     const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
     const std::uint32_t exp = (h >> 10) & 0x1Fu;
@@ -78,7 +80,8 @@ inline float halfToFloat(std::uint16_t h) {
     return sign ? -f : f;
 }
 
-// The chunk as floats: the bytes themselves when they are aligned float32, else a converted copy.
+// The chunk as floats: the bytes themselves when they are aligned float32, else a converted or realigned
+// copy in `buf` (kChunk floats).
 const float* asFloats(const void* data, int dtype, std::size_t n, float* buf) {
     const auto* p = static_cast<const unsigned char*>(data);
     switch (dtype) {
@@ -87,16 +90,21 @@ const float* asFloats(const void* data, int dtype, std::size_t n, float* buf) {
             return static_cast<const float*>(data);
         std::memcpy(buf, p, n * sizeof(float));
         return buf;
-    case kBFloat16:
-        for (std::size_t i = 0; i < n; ++i)
+    case kBFloat16: {
+        std::size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * i));
+            _mm256_store_ps(buf + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+        }
+        for (; i < n; ++i)
             buf[i] = bitsToFloat(static_cast<std::uint32_t>(load16(p + 2 * i)) << 16);
         return buf;
+    }
     case kFloat16: {
         std::size_t i = 0;
-#if CKPT_TS_AVX2
         for (; i + 8 <= n; i += 8)
-            _mm256_store_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * i))));
-#endif
+            _mm256_store_ps(buf + i,
+                            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * i))));
         for (; i < n; ++i)
             buf[i] = halfToFloat(load16(p + 2 * i));
         return buf;
@@ -112,8 +120,6 @@ const double* asDoubles(const void* data, std::size_t n, double* buf) {
     std::memcpy(buf, data, n * sizeof(double));
     return buf;
 }
-
-// ---- moments -------------------------------------------------------------------------------------------
 
 template <typename V> double laneSum(const V& v) {
     alignas(32) typename V::value_type a[V::size()];
@@ -140,12 +146,14 @@ template <typename V> double laneMax(const V& v) {
     return m;
 }
 
-// Scalar tail of the first sweep.
-template <typename T> struct Tail {
+// ---- moments -------------------------------------------------------------------------------------------
+
+// First sweep of a chunk: finite count, zeros, NaN, sum, min, max of the finite values.
+struct Sweep {
     std::uint64_t finite = 0, zeros = 0, nan = 0;
     double sum = 0, min = kInf, max = -kInf;
-    void add(T x) {
-        const double v = static_cast<double>(x);
+
+    void add(double v) { // the scalar step, as MomentAccumulator::add
         if (std::isnan(v)) {
             ++nan;
             return;
@@ -160,22 +168,48 @@ template <typename T> struct Tail {
     }
 };
 
-void finishMoments(ChunkMoments& m, std::size_t n, std::uint64_t finite, std::uint64_t zeros,
-                   std::uint64_t nan, double sum, double lo, double hi) {
-    m.n = n;
-    m.finite = finite;
-    m.zeros = zeros;
-    m.nan = nan;
-    m.min = finite ? lo : 0;
-    m.max = finite ? hi : 0;
-    m.mean = finite ? sum / static_cast<double>(finite) : 0;
-    m.m2 = 0;
+// Fast first sweep, assuming every element is finite: true when that held (the sum is finite).
+bool sweepFloatFast(const float* p, std::size_t n, Sweep& s) {
+    const Vf zero(0.f), one(1.f);
+    Vf z0(0.f), z1(0.f), mn0(std::numeric_limits<float>::infinity()), mn1(mn0),
+        mx0(-std::numeric_limits<float>::infinity()), mx1(mx0);
+    Vd s0(0.0), s1(0.0), s2(0.0), s3(0.0);
+    std::size_t i = 0;
+    for (; i + 16 <= n; i += 16) { // lane counters in float stay exact: at most kChunk / 16 per lane
+        const Vf a = Vf::loadu(p + i), b = Vf::loadu(p + i + 8);
+        z0 = z0 + ((a == zero) & one);
+        z1 = z1 + ((b == zero) & one);
+        mn0 = at::vec::clamp_max(mn0, a);
+        mn1 = at::vec::clamp_max(mn1, b);
+        mx0 = at::vec::clamp_min(mx0, a);
+        mx1 = at::vec::clamp_min(mx1, b);
+        Vd a0, a1, b0, b1;
+        widen(a, a0, a1);
+        widen(b, b0, b1);
+        s0 = s0 + a0;
+        s1 = s1 + a1;
+        s2 = s2 + b0;
+        s3 = s3 + b1;
+    }
+    Sweep t;
+    for (; i < n; ++i)
+        t.add(p[i]);
+    const double sum = laneSum((s0 + s1) + (s2 + s3)) + t.sum;
+    if (!std::isfinite(sum) || t.finite + t.nan != n % 16 || t.nan != 0)
+        return false;
+    s.finite = n;
+    s.nan = 0;
+    s.zeros = static_cast<std::uint64_t>(laneSum(z0 + z1)) + t.zeros;
+    s.sum = sum;
+    s.min = std::min(laneMin(at::vec::clamp_max(mn0, mn1)), t.min);
+    s.max = std::max(laneMax(at::vec::clamp_min(mx0, mx1)), t.max);
+    return true;
 }
 
-void momentsFloat(const float* p, std::size_t n, ChunkMoments& m) {
+// Careful first sweep: non-finite lanes are masked out of the sum and extremes and counted.
+void sweepFloatMasked(const float* p, std::size_t n, Sweep& s) {
     const Vf zero(0.f), one(1.f), pinf(std::numeric_limits<float>::infinity()),
         ninf(-std::numeric_limits<float>::infinity());
-    // Per-lane counters in float are exact: at most kChunk / 8 = 2048 per lane.
     Vf cfin(0.f), cnan(0.f), czero(0.f), vmin(pinf), vmax(ninf);
     Vd s0(0.0), s1(0.0);
     std::size_t i = 0;
@@ -192,188 +226,269 @@ void momentsFloat(const float* p, std::size_t n, ChunkMoments& m) {
         s0 = s0 + a;
         s1 = s1 + b;
     }
-    Tail<float> t;
-    for (std::size_t j = i; j < n; ++j)
-        t.add(p[j]);
-    const auto finite = static_cast<std::uint64_t>(laneSum(cfin)) + t.finite;
-    finishMoments(m, n, finite, static_cast<std::uint64_t>(laneSum(czero)) + t.zeros,
-                  static_cast<std::uint64_t>(laneSum(cnan)) + t.nan, laneSum(s0 + s1) + t.sum,
-                  std::min(laneMin(vmin), t.min), std::max(laneMax(vmax), t.max));
-    if (finite == 0)
-        return;
-    // Second sweep, in cache: M2 about the chunk's mean.
-    const Vd mv(m.mean), zd(0.0);
-    Vd q0(0.0), q1(0.0);
-    i = 0;
-    if (finite == n) {
-        for (; i + 8 <= n; i += 8) {
-            Vd a, b;
-            widen(Vf::loadu(p + i), a, b);
-            const Vd da = a - mv, db = b - mv;
-            q0 = q0 + da * da;
-            q1 = q1 + db * db;
-        }
-    } else {
-        for (; i + 8 <= n; i += 8) {
-            Vd a, b;
-            widen(Vf::loadu(p + i), a, b);
-            const Vd da = (a - mv) & ((a - a) == zd), db = (b - mv) & ((b - b) == zd);
-            q0 = q0 + da * da;
-            q1 = q1 + db * db;
-        }
-    }
-    double m2 = laneSum(q0 + q1);
-    for (; i < n; ++i) {
-        const double v = p[i];
-        if (std::isfinite(v))
-            m2 += (v - m.mean) * (v - m.mean);
-    }
-    m.m2 = m2;
+    Sweep t;
+    for (; i < n; ++i)
+        t.add(p[i]);
+    s.finite = static_cast<std::uint64_t>(laneSum(cfin)) + t.finite;
+    s.nan = static_cast<std::uint64_t>(laneSum(cnan)) + t.nan;
+    s.zeros = static_cast<std::uint64_t>(laneSum(czero)) + t.zeros;
+    s.sum = laneSum(s0 + s1) + t.sum;
+    s.min = std::min(laneMin(vmin), t.min);
+    s.max = std::max(laneMax(vmax), t.max);
 }
 
-void momentsDouble(const double* p, std::size_t n, ChunkMoments& m) {
-    const Vd zero(0.0), one(1.0), pinf(kInf), ninf(-kInf);
-    Vd cfin(0.0), cnan(0.0), czero(0.0), vmin(pinf), vmax(ninf), s0(0.0), s1(0.0);
+bool sweepDoubleFast(const double* p, std::size_t n, Sweep& s) {
+    const Vd zero(0.0), one(1.0);
+    Vd z0(0.0), z1(0.0), mn0(kInf), mn1(kInf), mx0(-kInf), mx1(-kInf), s0(0.0), s1(0.0);
     std::size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const Vd a = Vd::loadu(p + i), b = Vd::loadu(p + i + 4);
-        const Vd fa = (a - a) == zero, fb = (b - b) == zero;
-        cfin = cfin + (fa & one) + (fb & one);
-        cnan = cnan + ((a != a) & one) + ((b != b) & one);
-        czero = czero + ((a == zero) & one) + ((b == zero) & one);
-        vmin = at::vec::minimum(vmin, at::vec::minimum(Vd::blendv(pinf, a, fa), Vd::blendv(pinf, b, fb)));
-        vmax = at::vec::maximum(vmax, at::vec::maximum(Vd::blendv(ninf, a, fa), Vd::blendv(ninf, b, fb)));
-        s0 = s0 + (a & fa);
-        s1 = s1 + (b & fb);
+        z0 = z0 + ((a == zero) & one);
+        z1 = z1 + ((b == zero) & one);
+        mn0 = at::vec::clamp_max(mn0, a);
+        mn1 = at::vec::clamp_max(mn1, b);
+        mx0 = at::vec::clamp_min(mx0, a);
+        mx1 = at::vec::clamp_min(mx1, b);
+        s0 = s0 + a;
+        s1 = s1 + b;
     }
-    Tail<double> t;
-    for (std::size_t j = i; j < n; ++j)
-        t.add(p[j]);
-    const auto finite = static_cast<std::uint64_t>(laneSum(cfin)) + t.finite;
-    finishMoments(m, n, finite, static_cast<std::uint64_t>(laneSum(czero)) + t.zeros,
-                  static_cast<std::uint64_t>(laneSum(cnan)) + t.nan, laneSum(s0 + s1) + t.sum,
-                  std::min(laneMin(vmin), t.min), std::max(laneMax(vmax), t.max));
-    if (finite == 0)
-        return;
-    const Vd mv(m.mean);
+    Sweep t;
+    for (; i < n; ++i)
+        t.add(p[i]);
+    const double sum = laneSum(s0 + s1) + t.sum;
+    if (!std::isfinite(sum) || t.finite + t.nan != n % 8 || t.nan != 0)
+        return false; // a NaN or Inf (or a sum that overflowed): the careful sweep decides
+    s.finite = n;
+    s.nan = 0;
+    s.zeros = static_cast<std::uint64_t>(laneSum(z0 + z1)) + t.zeros;
+    s.sum = sum;
+    s.min = std::min(laneMin(at::vec::clamp_max(mn0, mn1)), t.min);
+    s.max = std::max(laneMax(at::vec::clamp_min(mx0, mx1)), t.max);
+    return true;
+}
+
+void sweepDoubleMasked(const double* p, std::size_t n, Sweep& s) {
+    const Vd zero(0.0), one(1.0), pinf(kInf), ninf(-kInf);
+    Vd cfin(0.0), cnan(0.0), czero(0.0), vmin(pinf), vmax(ninf), s0(0.0);
+    std::size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const Vd v = Vd::loadu(p + i);
+        const Vd fin = (v - v) == zero;
+        cfin = cfin + (fin & one);
+        cnan = cnan + ((v != v) & one);
+        czero = czero + ((v == zero) & one);
+        vmin = at::vec::minimum(vmin, Vd::blendv(pinf, v, fin));
+        vmax = at::vec::maximum(vmax, Vd::blendv(ninf, v, fin));
+        s0 = s0 + (v & fin);
+    }
+    Sweep t;
+    for (; i < n; ++i)
+        t.add(p[i]);
+    s.finite = static_cast<std::uint64_t>(laneSum(cfin)) + t.finite;
+    s.nan = static_cast<std::uint64_t>(laneSum(cnan)) + t.nan;
+    s.zeros = static_cast<std::uint64_t>(laneSum(czero)) + t.zeros;
+    s.sum = laneSum(s0) + t.sum;
+    s.min = std::min(laneMin(vmin), t.min);
+    s.max = std::max(laneMax(vmax), t.max);
+}
+
+// Second sweep: sum of squared deviations from `mean` over the finite elements (all of them when
+// `allFinite`); prefetches the `nextBytes` bytes at `next` (the next chunk's source) meanwhile.
+double m2Float(const float* p, std::size_t n, double mean, bool allFinite, const char* next,
+               std::size_t stride) {
+    const Vd mv(mean), zero(0.0);
+    Vd q0(0.0), q1(0.0), q2(0.0), q3(0.0);
+    std::size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        prefetch(next + i * stride);
+        Vd a0, a1, b0, b1;
+        widen(Vf::loadu(p + i), a0, a1);
+        widen(Vf::loadu(p + i + 8), b0, b1);
+        Vd d0 = a0 - mv, d1 = a1 - mv, d2 = b0 - mv, d3 = b1 - mv;
+        if (!allFinite) {
+            d0 = d0 & ((a0 - a0) == zero);
+            d1 = d1 & ((a1 - a1) == zero);
+            d2 = d2 & ((b0 - b0) == zero);
+            d3 = d3 & ((b1 - b1) == zero);
+        }
+        q0 = at::vec::fmadd(d0, d0, q0);
+        q1 = at::vec::fmadd(d1, d1, q1);
+        q2 = at::vec::fmadd(d2, d2, q2);
+        q3 = at::vec::fmadd(d3, d3, q3);
+    }
+    double m2 = laneSum((q0 + q1) + (q2 + q3));
+    for (; i < n; ++i) {
+        const double v = p[i];
+        if (std::isfinite(v))
+            m2 += (v - mean) * (v - mean);
+    }
+    return m2;
+}
+
+double m2Double(const double* p, std::size_t n, double mean, bool allFinite, const char* next) {
+    const Vd mv(mean), zero(0.0);
     Vd q0(0.0), q1(0.0);
-    i = 0;
-    if (finite == n) {
-        for (; i + 8 <= n; i += 8) {
-            const Vd da = Vd::loadu(p + i) - mv, db = Vd::loadu(p + i + 4) - mv;
-            q0 = q0 + da * da;
-            q1 = q1 + db * db;
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        prefetch(next + i * sizeof(double));
+        const Vd a = Vd::loadu(p + i), b = Vd::loadu(p + i + 4);
+        Vd d0 = a - mv, d1 = b - mv;
+        if (!allFinite) {
+            d0 = d0 & ((a - a) == zero);
+            d1 = d1 & ((b - b) == zero);
         }
-    } else {
-        for (; i + 8 <= n; i += 8) {
-            const Vd a = Vd::loadu(p + i), b = Vd::loadu(p + i + 4);
-            const Vd da = (a - mv) & ((a - a) == zero), db = (b - mv) & ((b - b) == zero);
-            q0 = q0 + da * da;
-            q1 = q1 + db * db;
-        }
+        q0 = at::vec::fmadd(d0, d0, q0);
+        q1 = at::vec::fmadd(d1, d1, q1);
     }
     double m2 = laneSum(q0 + q1);
     for (; i < n; ++i)
         if (std::isfinite(p[i]))
-            m2 += (p[i] - m.mean) * (p[i] - m.mean);
-    m.m2 = m2;
+            m2 += (p[i] - mean) * (p[i] - mean);
+    return m2;
 }
 
 void moments(const void* data, int dtype, std::size_t n, ChunkMoments* out, void* scratch) {
-    if (dtype == kFloat64)
-        momentsDouble(asDoubles(data, n, static_cast<double*>(scratch)), n, *out);
-    else
-        momentsFloat(asFloats(data, dtype, n, static_cast<float*>(scratch)), n, *out);
+    const std::size_t elsize = dtype == kFloat64 ? 8 : dtype == kFloat32 ? 4 : 2;
+    const char* next = static_cast<const char*>(data) + n * elsize;
+    Sweep s;
+    double m2 = 0;
+    if (dtype == kFloat64) {
+        const double* p = asDoubles(data, n, static_cast<double*>(scratch));
+        const bool allFinite = sweepDoubleFast(p, n, s);
+        if (!allFinite)
+            sweepDoubleMasked(p, n, s);
+        if (s.finite)
+            m2 = m2Double(p, n, s.sum / static_cast<double>(s.finite), allFinite, next);
+    } else {
+        const float* p = asFloats(data, dtype, n, static_cast<float*>(scratch));
+        const bool allFinite = sweepFloatFast(p, n, s);
+        if (!allFinite)
+            sweepFloatMasked(p, n, s);
+        if (s.finite)
+            m2 = m2Float(p, n, s.sum / static_cast<double>(s.finite), allFinite, next, elsize);
+    }
+    out->n = n;
+    out->finite = s.finite;
+    out->zeros = s.zeros;
+    out->nan = s.nan;
+    out->min = s.finite ? s.min : 0;
+    out->max = s.finite ? s.max : 0;
+    out->mean = s.finite ? s.sum / static_cast<double>(s.finite) : 0;
+    out->m2 = m2;
 }
 
 // ---- histogram -----------------------------------------------------------------------------------------
 
-// HistogramAccumulator::add for four values at once: bin index, or `bins` for values outside [lo, hi].
+// HistogramAccumulator::add for four values: bin index, or `bins` for values outside [lo, hi].
 template <bool Wide> struct Binner {
-    Vd lo, hi, norm, loHalf, half, zero, one, nm1, dummy, ones;
+    Vd lo, hi, norm, loHalf, half, zero, one, nm1, dummy, ones, halfMinusMargin;
     const double* edges;
+    bool fast;
 
     explicit Binner(const HistParams& p)
-        : lo(p.lo), hi(p.hi), norm(p.norm), loHalf(p.loHalf), half(0.5), zero(0.0), one(1.0),
-          nm1(static_cast<double>(p.bins - 1)), dummy(static_cast<double>(p.bins)), ones(zero == zero),
-          edges(p.edges) {}
+        : lo(p.lo)
+        , hi(p.hi)
+        , norm(p.norm)
+        , loHalf(p.loHalf)
+        , half(0.5)
+        , zero(0.0)
+        , one(1.0)
+        , nm1(static_cast<double>(p.bins - 1))
+        , dummy(static_cast<double>(p.bins))
+        , ones(zero == zero)
+        , halfMinusMargin(0.5 - p.margin)
+        , edges(p.edges)
+        , fast(!Wide && p.margin < 0.25) {}
 
-    void operator()(const Vd& v, std::int64_t* out) const {
+    // Step by step as stats.cpp, with the edges gathered.
+    __m128i exact(const Vd& v) const {
         const Vd inRange = (v >= lo) & (v <= hi); // NaN, Inf and out-of-range values are not binned
         Vd pos = Wide ? (v * half - loHalf) * norm : (v - lo) * norm; // v * 0.5 == v / 2 exactly
-        pos = Vd::blendv(zero, pos, pos >= zero);                      // !(pos >= 0) -> 0
-        Vd bin = at::vec::minimum(pos, nm1).floor();                    // pos >= n -> n - 1
-        const Vi idx = at::vec::convert_to_int_of_same_size(bin);
-        const Vd e0 = at::vec::gather<8>(edges, idx);
-        const Vd e1 = at::vec::gather<8>(edges + 1, idx);
-        // Settle against the edges as NumPy does: if v < e[i] and i > 0, i - 1; else if i + 1 < n and
-        // v >= e[i + 1], i + 1.
+        pos = Vd::blendv(zero, pos, pos >= zero);                     // !(pos >= 0) -> 0
+        Vd bin = at::vec::minimum(pos, nm1).floor();                  // pos >= n -> n - 1
+        const __m128i idx = _mm256_cvttpd_epi32(bin);
+        const Vd e0 = _mm256_mask_i32gather_pd(zero, edges, idx, ones, 8);
+        const Vd e1 = _mm256_mask_i32gather_pd(zero, edges + 1, idx, ones, 8);
+        // NumPy's correction: if v < e[i] and i > 0, i - 1; else if i + 1 < n and v >= e[i + 1], i + 1.
         const Vd down = (v < e0) & (bin > zero);
         const Vd up = (bin < nm1) & (v >= e1) & (down ^ ones);
         bin = bin - (down & one) + (up & one);
-        at::vec::convert_to_int_of_same_size(Vd::blendv(dummy, bin, inRange)).store(out);
+        return _mm256_cvttpd_epi32(Vd::blendv(dummy, bin, inRange));
+    }
+
+    // Every finite value lies in [lo, hi] (they are the finite min and max). Where pos is at least `margin`
+    // from an integer, floor(pos) is the bin; NaN and Inf make pos NaN and fail the test.
+    __m128i operator()(const Vd& v) const {
+        if (fast) {
+            const Vd pos = (v - lo) * norm;
+            const Vd bin = pos.floor();
+            const Vd off = (pos - bin) - half; // in [-0.5, 0.5)
+            // The range test only matters if the bytes changed since the first pass (a file rewritten in
+            // place under the mapping): it keeps every index in bounds.
+            const Vd ok = (off.abs() <= halfMinusMargin) & (v >= lo) & (v <= hi);
+            if (_mm256_movemask_pd(ok) == 0xF)
+                return _mm256_cvttpd_epi32(bin);
+        }
+        return exact(v);
     }
 };
 
-template <bool Wide>
-void histFloat(const float* p, std::size_t n, const HistParams& P, std::uint64_t* counts) {
-    const Binner<Wide> bin(P);
-    const std::size_t stride = P.replicas > 1 ? static_cast<std::size_t>(P.bins + 1) : 0;
-    std::uint64_t* c0 = counts;
-    std::uint64_t* c1 = counts + stride;
-    std::uint64_t* c2 = counts + 2 * stride;
-    std::uint64_t* c3 = counts + 3 * stride;
-    alignas(32) std::int64_t idx[8];
-    std::size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        Vd a, b;
-        widen(Vf::loadu(p + i), a, b);
-        bin(a, idx);
-        bin(b, idx + 4);
-        ++c0[idx[0]];
-        ++c1[idx[1]];
-        ++c2[idx[2]];
-        ++c3[idx[3]];
-        ++c0[idx[4]];
-        ++c1[idx[5]];
-        ++c2[idx[6]];
-        ++c3[idx[7]];
+struct Counts {
+    std::uint64_t* c[4];
+    Counts(std::uint64_t* counts, const HistParams& p) {
+        const std::size_t stride = p.replicas > 1 ? static_cast<std::size_t>(p.bins + 1) : 0;
+        for (int r = 0; r < 4; ++r)
+            c[r] = counts + static_cast<std::size_t>(r) * stride;
     }
-    if (i < n) {
-        alignas(32) double rest[8] = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
-        for (std::size_t j = i; j < n; ++j)
+    void add(__m128i idx) {
+        ++c[0][_mm_extract_epi32(idx, 0)];
+        ++c[1][_mm_extract_epi32(idx, 1)];
+        ++c[2][_mm_extract_epi32(idx, 2)];
+        ++c[3][_mm_extract_epi32(idx, 3)];
+    }
+};
+
+constexpr std::size_t kPrefetchAhead = 2048; // bytes
+
+template <bool Wide>
+void histFloat(const float* p, std::size_t n, const HistParams& P, std::uint64_t* counts, const char* src,
+               std::size_t elsize) {
+    const Binner<Wide> bin(P);
+    Counts c(counts, P);
+    std::size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        prefetch(src + i * elsize + kPrefetchAhead);
+        Vd a0, a1, b0, b1;
+        widen(Vf::loadu(p + i), a0, a1);
+        widen(Vf::loadu(p + i + 8), b0, b1);
+        c.add(bin(a0));
+        c.add(bin(a1));
+        c.add(bin(b0));
+        c.add(bin(b1));
+    }
+    for (; i < n; i += 4) {
+        alignas(32) double rest[4] = {NAN, NAN, NAN, NAN}; // NaN padding lands in the dummy bin
+        for (std::size_t j = i; j < std::min(n, i + 4); ++j)
             rest[j - i] = p[j];
-        bin(Vd::loadu(rest), idx);
-        bin(Vd::loadu(rest + 4), idx + 4);
-        for (std::size_t j = 0; j < 8; ++j)
-            ++c0[idx[j]]; // the NaN padding lands in the dummy bin
+        c.add(bin(Vd::loadu(rest)));
     }
 }
 
 template <bool Wide>
 void histDouble(const double* p, std::size_t n, const HistParams& P, std::uint64_t* counts) {
     const Binner<Wide> bin(P);
-    const std::size_t stride = P.replicas > 1 ? static_cast<std::size_t>(P.bins + 1) : 0;
-    std::uint64_t* c0 = counts;
-    std::uint64_t* c1 = counts + stride;
-    std::uint64_t* c2 = counts + 2 * stride;
-    std::uint64_t* c3 = counts + 3 * stride;
-    alignas(32) std::int64_t idx[4];
+    Counts c(counts, P);
     std::size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        bin(Vd::loadu(p + i), idx);
-        ++c0[idx[0]];
-        ++c1[idx[1]];
-        ++c2[idx[2]];
-        ++c3[idx[3]];
+    for (; i + 8 <= n; i += 8) {
+        prefetch(p + i + kPrefetchAhead / sizeof(double));
+        c.add(bin(Vd::loadu(p + i)));
+        c.add(bin(Vd::loadu(p + i + 4)));
     }
-    if (i < n) {
+    for (; i < n; i += 4) {
         alignas(32) double rest[4] = {NAN, NAN, NAN, NAN};
-        for (std::size_t j = i; j < n; ++j)
+        for (std::size_t j = i; j < std::min(n, i + 4); ++j)
             rest[j - i] = p[j];
-        bin(Vd::loadu(rest), idx);
-        for (std::size_t j = 0; j < 4; ++j)
-            ++c0[idx[j]];
+        c.add(bin(Vd::loadu(rest)));
     }
 }
 
@@ -383,27 +498,19 @@ void histogram(const void* data, int dtype, std::size_t n, const HistParams* p, 
         const double* d = asDoubles(data, n, static_cast<double*>(scratch));
         p->wide ? histDouble<true>(d, n, *p, counts) : histDouble<false>(d, n, *p, counts);
     } else {
+        const std::size_t elsize = dtype == kFloat32 ? 4 : 2;
         const float* f = asFloats(data, dtype, n, static_cast<float*>(scratch));
-        p->wide ? histFloat<true>(f, n, *p, counts) : histFloat<false>(f, n, *p, counts);
+        const char* src = static_cast<const char*>(data);
+        p->wide ? histFloat<true>(f, n, *p, counts, src, elsize)
+                : histFloat<false>(f, n, *p, counts, src, elsize);
     }
 }
 
 } // namespace
 
-#if CKPT_TS_AVX2
 const KernelTable& kernelsAvx2() {
-#if defined(CPU_CAPABILITY_AVX2)
     static const KernelTable table{"avx2", &moments, &histogram};
-#else
-    static const KernelTable table{"avx2 (generic vectors)", &moments, &histogram};
-#endif
     return table;
 }
-#else
-const KernelTable& kernelsDefault() {
-    static const KernelTable table{"default", &moments, &histogram};
-    return table;
-}
-#endif
 
 } // namespace ckpt_torchstats

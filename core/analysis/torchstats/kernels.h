@@ -1,6 +1,6 @@
-// Inner loops of the statistics plugin, one chunk at a time. kernels.cpp is compiled twice, once for any
-// x86-64 and once for AVX2 + FMA + F16C; plugin.cpp picks one at run time and parallelises over chunks.
-// No torch types cross this interface, so plugin.cpp and the two kernel objects stay independent.
+// Inner loops of the statistics plugin, one chunk at a time. kernels.cpp is compiled for AVX2 + FMA + F16C;
+// plugin.cpp calls it only where the CPU has them, and parallelises over chunks. No torch types cross this
+// interface.
 #pragma once
 
 #include <cstddef>
@@ -21,7 +21,7 @@ enum : int { kFloat16 = 5, kFloat32 = 6, kFloat64 = 7, kBFloat16 = 15 };
 // Moments of one chunk: counts, extremes and sum-free mean / M2 about the chunk's own mean.
 struct ChunkMoments {
     std::uint64_t n = 0, finite = 0, zeros = 0, nan = 0; // inf = n - finite - nan
-    double min = 0, max = 0, mean = 0, m2 = 0;             // over the finite elements, when finite > 0
+    double min = 0, max = 0, mean = 0, m2 = 0;           // over the finite elements, when finite > 0
 };
 
 // Histogram settings, computed once as stats.cpp's HistogramAccumulator does.
@@ -29,6 +29,9 @@ struct HistParams {
     const double* edges = nullptr; // bins + 1
     double lo = 0, hi = 0, norm = 0;
     double loHalf = 0; // lo / 2, for the wide case
+    // floor(pos) is the bin, with no correction against the edges, where pos is at least this far from an
+    // integer (see plugin.cpp); >= 0.25 disables that fast path.
+    double margin = 1;
     std::int64_t bins = 1;
     bool wide = false; // hi - lo overflows: positions are computed from halves
     int replicas = 1;  // copies of the counts, to break store-to-load chains on repeated bins
@@ -45,7 +48,6 @@ struct KernelTable {
                       void* scratch);
 };
 
-const KernelTable& kernelsDefault();
 const KernelTable& kernelsAvx2(); // only call where the CPU has AVX2, FMA and F16C
 
 } // namespace ckpt_torchstats

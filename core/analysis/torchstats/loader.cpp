@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -22,6 +23,7 @@ struct PluginState {
     ckpt_stats_api api{};
     bool loaded = false;
     std::string info;
+    std::atomic<const ckpt_stats_api*> published{nullptr}; // set once loaded
 };
 
 PluginState& state() {
@@ -126,8 +128,16 @@ int progressBridge(void* ctx, std::uint64_t done, std::uint64_t total) {
 
 const ckpt_stats_api* torchStatsPlugin() {
     PluginState& s = state();
-    std::call_once(s.once, [&s] { load(s); });
+    std::call_once(s.once, [&s] {
+        load(s);
+        if (s.loaded)
+            s.published.store(&s.api, std::memory_order_release);
+    });
     return s.loaded ? &s.api : nullptr;
+}
+
+const ckpt_stats_api* torchStatsPluginIfLoaded() {
+    return state().published.load(std::memory_order_acquire);
 }
 
 const std::string& torchStatsPluginInfo() {
@@ -174,8 +184,18 @@ std::string torchStatsIneligibility(const CheckpointPtr& checkpoint, const Tenso
     return {};
 }
 
-std::optional<TensorStats> computeStatsFast(const CheckpointPtr& checkpoint, const TensorInfo& tensor, int bins,
-                                            const ProgressFn& progress) {
+std::optional<TensorStats> computeStatsFast(const CheckpointPtr& checkpoint, const TensorInfo& tensor,
+                                            int bins, const ProgressFn& progress) {
+    const std::uint64_t numel = tensor.numel();
+    if (numel < kTorchStatsMinElements || (numel < kTorchStatsLoadElements && !torchStatsPluginIfLoaded()))
+        return computeStats(checkpoint, tensor, bins, progress);
+    return computeStatsWithPlugin(checkpoint, tensor, bins, progress);
+}
+
+std::optional<TensorStats> computeStatsWithPlugin(const CheckpointPtr& checkpoint, const TensorInfo& tensor,
+                                                  int bins, const ProgressFn& progress, bool* byPlugin) {
+    if (byPlugin)
+        *byPlugin = false;
     if (!torchStatsIneligibility(checkpoint, tensor).empty())
         return computeStats(checkpoint, tensor, bins, progress);
     const ckpt_stats_api* api = torchStatsPlugin();
@@ -192,7 +212,8 @@ std::optional<TensorStats> computeStatsFast(const CheckpointPtr& checkpoint, con
     std::vector<std::uint64_t> counts(n);
     ProgressBridge bridge{&progress, nullptr};
     ckpt_stats_input in{};
-    in.data = file.data() + s.fileOffset + static_cast<std::uint64_t>(tensor.storageOffset) * dtypeSize(tensor.dtype);
+    in.data = file.data() + s.fileOffset +
+              static_cast<std::uint64_t>(tensor.storageOffset) * dtypeSize(tensor.dtype);
     in.dtype = static_cast<int>(tensor.dtype);
     in.numel = tensor.numel();
     in.bins = static_cast<int>(n);
@@ -203,6 +224,10 @@ std::optional<TensorStats> computeStatsFast(const CheckpointPtr& checkpoint, con
     out.edges = edges.data();
     out.counts = counts.data();
     const int rc = api->compute(&in, &out);
+    // As TensorReader does while streaming: the pages read leave our resident set (they stay in the page
+    // cache), so statistics over many large tensors keep memory bounded by the largest one.
+    file.release(static_cast<std::uint64_t>(static_cast<const std::uint8_t*>(in.data) - file.data()),
+                 in.numel * dtypeSize(tensor.dtype));
     if (bridge.error)
         std::rethrow_exception(bridge.error);
     if (rc == CKPT_STATS_CANCELLED)
@@ -210,6 +235,8 @@ std::optional<TensorStats> computeStatsFast(const CheckpointPtr& checkpoint, con
     if (rc != CKPT_STATS_OK) // unsupported or failed: the portable path gives the answer (or the error)
         return computeStats(checkpoint, tensor, bins, progress);
 
+    if (byPlugin)
+        *byPlugin = true;
     TensorStats st;
     st.count = out.count;
     st.finite = out.finite;
