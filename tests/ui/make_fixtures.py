@@ -142,6 +142,7 @@ expected = {
         "model.head.weight@64": hist(named["model.head.weight"], 64),
         "model.embed.weight@7": hist(named["model.embed.weight"], 7),
         "model.layers.3@16": hist(module_all, 16),
+        "big@50": hist(named["big"], 50),  # large enough for the LibTorch plugin
     },
     # cube[1, :, :] as rows x columns, and cube[:, 2, :] with dimension 0 as rows
     "slices": {
