@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import torch
 
-out = sys.argv[1]
+out = os.path.abspath(sys.argv[1])
 os.makedirs(out, exist_ok=True)
 torch.manual_seed(11)
 
@@ -43,7 +43,7 @@ opt.step()
 cube = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4) * 0.5 - 3
 big = torch.randn(4_000_000)
 ckpt = {"epoch": 7, "model": model.state_dict(), "optimizer": opt.state_dict(), "cube": cube,
-        "big": big, "note": "fixture"}
+        "cube_row": cube[1], "big": big, "note": "fixture"}
 path = os.path.join(out, "gui_fixture.pt")
 torch.save(ckpt, path)
 
@@ -151,6 +151,14 @@ expected = {
     },
     "natural_order": [str(i) for i in range(12)],
 }
+# A whole pickled module (its classes are findings) and a file of 100,000 tensors (opening stays responsive).
+torch.save(Block(), os.path.join(out, "whole_module.pt"))
+many = os.path.join(out, "many.pt")
+if not os.path.exists(many):
+    torch.save({f"layer{i}.weight": torch.zeros(2) for i in range(100_000)}, many)
+expected["whole_module"] = {"file": os.path.join(out, "whole_module.pt"),
+                            "flagged": ["(root)", "attn", "norm"]}  # Block, Linear, LayerNorm
+expected["many"] = {"file": many, "tensors": 100_000}
 with open(os.path.join(out, "gui_fixture.json"), "w") as f:
     json.dump(expected, f, indent=1)
 print("wrote", path)

@@ -2,6 +2,7 @@
 // Python computed from the same file (tests/ui/make_fixtures.py).
 
 #include "checkpointview.h"
+#include "detailspane.h"
 #include "histogrampage.h"
 #include "mainwindow.h"
 #include "moduletreemodel.h"
@@ -12,20 +13,26 @@
 #include "analysis/torchstats/loader.h"
 #include "report/report.h"
 
+#include <qcustomplot.h>
+
 #include <QAbstractItemModelTester>
 #include <QApplication>
 #include <QClipboard>
 #include <QComboBox>
 #include <QFile>
+#include <QFileInfo>
 #include <QJsonArray>
 #include <QJsonDocument>
 #include <QJsonObject>
 #include <QLineEdit>
+#include <QMimeData>
 #include <QSettings>
 #include <QSignalSpy>
 #include <QStandardPaths>
+#include <QTabWidget>
 #include <QTemporaryDir>
 #include <QTest>
+#include <QTimer>
 #include <QTreeView>
 
 #include <cmath>
@@ -102,6 +109,11 @@ private Q_SLOTS:
     void fileChangedOnDiskOffersReload();
     void unreadableFileShowsError();
     void recentFilesAndState();
+    void dropOpensEveryFile();
+    void staysResponsiveWhileOpening();
+    void findingsOnFileAndObjects();
+    void detailsOfSharedStorage();
+    void logScale();
 
 private:
     QJsonObject m_expected;
@@ -247,7 +259,8 @@ void TestBrowser::histogramEqualsNumpy() {
     QVERIFY(std::abs(s.std - want.value(QStringLiteral("std")).toDouble()) <= 1e-9 * (1 + std::abs(s.std)));
     QCOMPARE(static_cast<qint64>(s.count), want.value(QStringLiteral("count")).toInteger());
     if (name == QLatin1String("big") && !qEnvironmentVariableIsEmpty("CKPT_TORCHSTATS"))
-        QVERIFY2(torchStatsPluginIfLoaded(), "a 4,000,000-element float32 tensor was not computed by LibTorch");
+        QVERIFY2(torchStatsPluginIfLoaded(),
+                 "a 4,000,000-element float32 tensor was not computed by LibTorch");
     // The bars drawn are the counts, and hovering a bar names its range and count.
     const double mid = (s.histogram.edges[0] + s.histogram.edges[1]) / 2;
     QVERIFY(page->binToolTip(mid).contains(QString::fromStdString(groupedNumber(s.histogram.counts[0]))));
@@ -362,6 +375,92 @@ void TestBrowser::recentFilesAndState() {
     MainWindow again;
     QCOMPARE(again.recentFiles().value(0), fixturePath());
     QCOMPARE(again.size(), QSize(1000, 700));
+}
+
+void TestBrowser::dropOpensEveryFile() {
+    MainWindow w;
+    w.show();
+    QMimeData mime;
+    const QString second =
+        m_expected.value(QStringLiteral("whole_module")).toObject().value(QStringLiteral("file")).toString();
+    mime.setUrls({QUrl::fromLocalFile(fixturePath()), QUrl::fromLocalFile(second)});
+    QDragEnterEvent enter(QPoint(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+    QApplication::sendEvent(&w, &enter);
+    QVERIFY(enter.isAccepted());
+    QDropEvent drop(QPointF(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+    QApplication::sendEvent(&w, &drop);
+    QCOMPARE(w.tabs()->count(), 2);
+    QTRY_VERIFY_WITH_TIMEOUT(!w.currentView()->isLoading(), 30000);
+    QCOMPARE(w.currentView()->path(), QFileInfo(second).absoluteFilePath());
+}
+
+void TestBrowser::staysResponsiveWhileOpening() {
+    // The event loop keeps turning while 100,000 tensors are read: a 10 ms timer fires meanwhile.
+    const QJsonObject many = m_expected.value(QStringLiteral("many")).toObject();
+    MainWindow w;
+    w.show();
+    int ticks = 0;
+    QTimer timer;
+    timer.setInterval(10);
+    QObject::connect(&timer, &QTimer::timeout, [&] { ++ticks; });
+    timer.start();
+    CheckpointView* v = w.openFile(many.value(QStringLiteral("file")).toString());
+    QVERIFY(v->isLoading());
+    QSignalSpy done(v, &CheckpointView::loadFinished);
+    QVERIFY(done.wait(60000));
+    QVERIFY2(ticks >= 3, qPrintable(QStringLiteral("only %1 timer ticks while opening").arg(ticks)));
+    QCOMPARE(static_cast<int>(v->loaded()->checkpoint->tensors.size()),
+             many.value(QStringLiteral("tensors")).toInt());
+    QCOMPARE(v->model()->rowCount(), many.value(QStringLiteral("tensors")).toInt());
+}
+
+void TestBrowser::findingsOnFileAndObjects() {
+    const QJsonObject whole = m_expected.value(QStringLiteral("whole_module")).toObject();
+    MainWindow w;
+    CheckpointView* v = openAndWait(w, whole.value(QStringLiteral("file")).toString());
+    QVERIFY(v && v->loaded());
+    const ModuleTree& tree = v->loaded()->tree;
+    QCOMPARE(static_cast<int>(tree.root().findings), whole.value(QStringLiteral("flagged")).toArray().size());
+    for (const auto& name : whole.value(QStringLiteral("flagged")).toArray()) {
+        if (name.toString() == QLatin1String("(root)"))
+            continue;
+        const QModelIndex i = v->model()->indexForNode(tree.find(name.toString().toStdString()));
+        QVERIFY(i.data(ModuleTreeModel::FindingsRole).toInt() >= 1);
+        QVERIFY(i.data(Qt::ToolTipRole).toString().contains(QStringLiteral("not a known data type")));
+    }
+    QVERIFY(v->detailsPane()->toPlainText().contains(QStringLiteral("security")));
+}
+
+void TestBrowser::detailsOfSharedStorage() {
+    MainWindow w;
+    CheckpointView* v = openAndWait(w, fixturePath());
+    QVERIFY(v && v->selectName(QStringLiteral("cube")));
+    const QString text = v->detailsPane()->toPlainText();
+    QVERIFY2(text.contains(QStringLiteral("Shares storage with")) &&
+                 text.contains(QStringLiteral("cube_row")),
+             qPrintable(text));
+    QVERIFY(text.contains(QStringLiteral("Bytes in file")));
+    // Following the link selects the other tensor, a view 12 elements into the same storage.
+    Q_EMIT v->detailsPane()->tensorLinkActivated(QStringLiteral("cube_row"));
+    QCOMPARE(v->selectedName(), QStringLiteral("cube_row"));
+    QVERIFY(v->detailsPane()->toPlainText().contains(QStringLiteral("12 elements")));
+    // The file's details give the share of bytes per top-level key.
+    v->treeView()->clearSelection();
+    v->detailsPane()->showNode(v->loaded(), 0);
+    QVERIFY(v->detailsPane()->toPlainText().contains(QStringLiteral("Share of bytes per top-level key")));
+}
+
+void TestBrowser::logScale() {
+    MainWindow w;
+    CheckpointView* v = openAndWait(w, fixturePath());
+    QVERIFY(v && v->selectName(QStringLiteral("model.head.weight")));
+    HistogramPage* page = v->histogramPage();
+    v->showStatistics();
+    QTRY_VERIFY_WITH_TIMEOUT(page->result() && page->result()->stats, 30000);
+    page->setLogScale(true);
+    QCOMPARE(page->plot()->yAxis->scaleType(), QCPAxis::stLogarithmic);
+    page->setLogScale(false);
+    QCOMPARE(page->plot()->yAxis->scaleType(), QCPAxis::stLinear);
 }
 
 QTEST_MAIN(TestBrowser)
