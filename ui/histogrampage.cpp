@@ -186,7 +186,10 @@ void HistogramPage::start() {
         m_cancelButton->hide();
         showResult(watcher->result());
     });
-    watcher->setFuture(QtConcurrent::run([loaded, tensors, bins, cancelFlag, progress]() -> StatsResultPtr {
+    watcher->setFuture(QtConcurrent::run([loaded, tensors, bins, cancelFlag, progress,
+                                          hook = m_workerHook]() -> StatsResultPtr {
+        if (hook)
+            hook();
         auto result = std::make_shared<StatsResult>();
         const ProgressFn onProgress = [&](std::uint64_t done, std::uint64_t total) {
             progress->store(total ? done * 1000 / total : 0);

@@ -8,6 +8,7 @@
 #include <QWidget>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 
 class QCPBars;
@@ -46,6 +47,8 @@ public:
     bool isComputing() const { return m_watcher != nullptr; }
     const StatsResultPtr& result() const { return m_result; }
     QCustomPlot* plot() const { return m_plot; }
+    // Runs on the worker thread before each computation starts (tests use it to hold a worker back).
+    void setWorkerHook(std::function<void()> hook) { m_workerHook = std::move(hook); }
     // Text of the tooltip for the bin under a plot x coordinate, or empty.
     QString binToolTip(double x) const;
 
@@ -67,6 +70,7 @@ private:
     std::shared_ptr<std::atomic<bool>> m_cancel;
     std::shared_ptr<std::atomic<std::uint64_t>> m_progress; // per mille, written by the worker
     quint64 m_generation = 0;
+    std::function<void()> m_workerHook;
 
     QLabel* m_title_ = nullptr;
     QCustomPlot* m_plot = nullptr;

@@ -26,6 +26,7 @@
 #include <QJsonObject>
 #include <QLineEdit>
 #include <QMimeData>
+#include <QSemaphore>
 #include <QSettings>
 #include <QSignalSpy>
 #include <QStandardPaths>
@@ -275,10 +276,15 @@ void TestBrowser::cancelStopsTheWorker() {
     QVERIFY(v && v->selectName(QStringLiteral("big")));
     HistogramPage* page = v->histogramPage();
     QSignalSpy finished(page, &HistogramPage::finished);
+    // Hold the worker until the cancel is in, however fast the machine or the statistics are.
+    QSemaphore go;
+    page->setWorkerHook([&go] { go.acquire(); });
     v->showStatistics();
     QVERIFY(page->isComputing());
     page->cancel();
+    go.release();
     QVERIFY(finished.wait(30000) || !finished.isEmpty());
+    page->setWorkerHook({});
     QCOMPARE(finished.first().first().toBool(), true);
     QVERIFY(!page->result()->stats);
     // A new selection while computing drops the old result: only the last one is shown.
