@@ -5,6 +5,34 @@
 #include "io/zipreader.h"
 #include "pickle/unpickler.h"
 
+#include <filesystem>
+
+// Readers of the other formats. Each declares, in its header, what it recognises:
+//   bool looksLikeX(std::span<const std::uint8_t> head, std::uint64_t size)   by the file's bytes
+//   std::shared_ptr<Checkpoint> readX(std::shared_ptr<const MappedFile>)        reads one mapped file
+//   CheckpointPtr tryOpenX(const std::string& path)   formats made of several files (a directory, a prefix,
+//                                                      an index); returns null when the path is not one
+#if __has_include("safetensors.h")
+#include "safetensors.h"
+#define CKPT_HAVE_SAFETENSORS 1
+#endif
+#if __has_include("numpy.h")
+#include "numpy.h"
+#define CKPT_HAVE_NUMPY 1
+#endif
+#if __has_include("shardindex.h")
+#include "shardindex.h"
+#define CKPT_HAVE_SHARDINDEX 1
+#endif
+#if __has_include("gguf.h")
+#include "gguf.h"
+#define CKPT_HAVE_GGUF 1
+#endif
+#if __has_include("tfbundle.h")
+#include "tfbundle.h"
+#define CKPT_HAVE_TFBUNDLE 1
+#endif
+
 #include <cstring>
 
 namespace ckpt {
@@ -52,8 +80,31 @@ CheckpointPtr dispatch(std::shared_ptr<const MappedFile> file) {
     const std::string& path = file->path();
     if (head.empty())
         throw Error(ErrorCode::Truncated, "file is empty", path);
-    if (ZipArchive::looksLikeZip(head))
-        return readTorchZip(file);
+    if (ZipArchive::looksLikeZip(head)) {
+        try {
+            return readTorchZip(file);
+        } catch (const Error& e) {
+            if (e.code() != ErrorCode::BadMagic)
+                throw;
+#ifdef CKPT_HAVE_NUMPY
+            if (looksLikeNpz(file))
+                return readNpz(file);
+#endif
+            throw;
+        }
+    }
+#ifdef CKPT_HAVE_GGUF
+    if (looksLikeGguf(head, file->size()))
+        return readGguf(file);
+#endif
+#ifdef CKPT_HAVE_NUMPY
+    if (looksLikeNpy(head, file->size()))
+        return readNpy(file);
+#endif
+#ifdef CKPT_HAVE_SAFETENSORS
+    if (looksLikeSafetensors(head, file->size()))
+        return readSafetensors(file);
+#endif
     if ((head.size() >= sizeof kLegacyMagic &&
          std::memcmp(head.data(), kLegacyMagic, sizeof kLegacyMagic) == 0) ||
         startsWithLegacyMagic(head))
@@ -72,6 +123,15 @@ CheckpointPtr dispatch(std::shared_ptr<const MappedFile> file) {
 } // namespace
 
 CheckpointPtr openCheckpoint(const std::string& path) {
+    // Formats made of several files first: they recognise directories, prefixes and index files.
+#ifdef CKPT_HAVE_TFBUNDLE
+    if (auto ck = tryOpenTfBundle(path))
+        return ck;
+#endif
+#ifdef CKPT_HAVE_SHARDINDEX
+    if (auto ck = tryOpenShardIndex(path))
+        return ck;
+#endif
     return dispatch(MappedFile::open(path));
 }
 

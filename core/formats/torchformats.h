@@ -12,6 +12,8 @@ namespace ckpt {
 //   <prefix>/version | .data/version   format version, 1..10
 //   <prefix>/byteorder            "little" (default) or "big"
 //   TorchScript adds constants.pkl (storages under constants/<key>), code/ (shown, never run)
+// Throws Error(BadMagic) for a zip archive that is not a PyTorch one (no folder, no data.pkl), so that
+// other zip-based formats can be tried.
 std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file);
 
 // The pre-1.6 pickle sequence (§3.1):

@@ -29,7 +29,7 @@ std::shared_ptr<Checkpoint> readTorchZip(std::shared_ptr<const MappedFile> file)
     const std::string& first = zip.entries().front().name;
     const auto slash = first.find('/');
     if (slash == std::string::npos)
-        throw Error(ErrorCode::Malformed, "file in archive is not in a subdirectory: '" + first + "'", path);
+        throw Error(ErrorCode::BadMagic, "file in archive is not in a subdirectory: '" + first + "'", path);
     const std::string prefix = first.substr(0, slash + 1);
     std::size_t outside = 0;
     for (const auto& e : zip.entries())
