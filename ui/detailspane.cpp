@@ -86,6 +86,8 @@ QString tensorHtml(const LoadedCheckpoint& loaded, const TensorInfo& t) {
                     QStringLiteral("per channel along dimension %1").arg(t.quant.axis));
     if (t.storage >= 0) {
         const StorageInfo& s = ck.storages[static_cast<std::size_t>(t.storage)];
+        if (ck.sources.size() > 1 && static_cast<std::size_t>(s.source) < ck.sources.size())
+            html += row(QStringLiteral("File"), esc(ck.sources[static_cast<std::size_t>(s.source)].path));
         html += row(QStringLiteral("Storage key"), esc(s.key));
         html += row(QStringLiteral("Storage offset"), QStringLiteral("%1 elements").arg(t.storageOffset));
         html += row(QStringLiteral("Storage size"), QString::fromStdString(humanBytes(s.nbytes)));

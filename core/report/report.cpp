@@ -150,6 +150,9 @@ nlohmann::json tensorJson(const Checkpoint& ck, const TensorInfo& t) {
         j["data_offset"] = s->fileOffset + static_cast<std::uint64_t>(t.storageOffset) * dtypeSize(t.dtype);
     else
         j["data_offset"] = nullptr;
+    // Checkpoints of several files (shards, TensorFlow data files) say which one holds each tensor.
+    if (s && ck.sources.size() > 1 && static_cast<std::size_t>(s->source) < ck.sources.size())
+        j["file"] = ck.sources[static_cast<std::size_t>(s->source)].path;
     if (t.layout != Layout::Strided)
         j["layout"] = layoutName(t.layout);
     if (t.isParameter)
