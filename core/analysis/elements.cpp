@@ -114,6 +114,11 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
     if (m_tensor.dtype == DType::Float4_e2m1fn_x2)
         throw Error(ErrorCode::Unsupported, "float4_e2m1fn_x2 packs two values per element; not converted",
                     fileName, {}, m_tensor.name);
+    const bool block = isBlockDType(m_tensor.dtype);
+    if (block && m_tensor.dtype != DType::GgmlQ8_0 && m_tensor.dtype != DType::GgmlQ4_0)
+        throw Error(ErrorCode::Unsupported,
+                    "statistics of " + std::string(dtypeName(m_tensor.dtype)) + " tensors are not supported",
+                    fileName, {}, m_tensor.name);
     const StorageInfo& s = m_ck->storages[static_cast<std::size_t>(m_tensor.storage)];
     const Source& src = m_ck->sources.at(static_cast<std::size_t>(s.source));
     m_file = src.file.get();
@@ -124,6 +129,26 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
         throw Error(ErrorCode::OutOfBounds, "storage '" + s.key + "' lies outside the file", src.path, m_base,
                     m_tensor.name);
     m_file->ensureReadable(m_base + s.nbytes);
+    if (block) {
+        // Blocks are decoded in file order, which is the logical row-major order only for a contiguous
+        // tensor that starts on a block boundary (every GGUF tensor does).
+        const auto blk = static_cast<std::int64_t>(dtypeBlockSize(m_tensor.dtype));
+        if (m_tensor.strides.size() != m_tensor.shape.size() || !m_tensor.isContiguous() ||
+            m_tensor.storageOffset < 0 || m_tensor.storageOffset % blk != 0 ||
+            m_numel % static_cast<std::uint64_t>(blk) != 0)
+            throw Error(ErrorCode::Unsupported,
+                        "only contiguous " + std::string(dtypeName(m_tensor.dtype)) +
+                            " tensors of whole blocks can be read",
+                        fileName, {}, m_tensor.name);
+        m_blockOffset =
+            static_cast<std::uint64_t>(m_tensor.storageOffset / blk) * dtypeBlockBytes(m_tensor.dtype);
+        std::uint64_t bytes = 0;
+        if (!dtypeNbytes(m_tensor.dtype, m_numel, &bytes) || m_blockOffset > s.nbytes ||
+            bytes > s.nbytes - m_blockOffset)
+            throw Error(ErrorCode::OutOfBounds,
+                        "tensor data runs past the end of its storage '" + s.key + "'", src.path, m_base,
+                        m_tensor.name);
+    }
 
     if (m_tensor.quant.scheme == QuantInfo::Scheme::PerChannelAffine) {
         const auto& q = m_tensor.quant;
@@ -281,6 +306,58 @@ void TensorReader::convert(const std::uint8_t* src, std::int64_t sb, std::size_t
         }
         break;
     }
+    case DType::GgmlQ8_0:
+    case DType::GgmlQ4_0: {
+        // ggml's dequantize_row_q8_0 / dequantize_row_q4_0 (ggml-quants.c): per block of 32 an f16 scale d,
+        // then q8_0: 32 int8 quants, value d * q; q4_0: 16 bytes, low nibbles are elements 0..15 and high
+        // nibbles 16..31, value d * (nibble - 8). Computed in float as ggml does (exact in either precision).
+        // `src` is the block holding element `first`.
+        const bool q8 = dt == DType::GgmlQ8_0;
+        const std::size_t bytes = q8 ? 34 : 18;
+        std::size_t j = static_cast<std::size_t>(first % 32);
+        const std::uint8_t* b = src;
+        float d = static_cast<float>(halfToDouble(loadRaw<std::uint16_t>(b, false)));
+        for (std::size_t i = 0; i < n; ++i) {
+            if (j == 32) {
+                j = 0;
+                b += bytes;
+                d = static_cast<float>(halfToDouble(loadRaw<std::uint16_t>(b, false)));
+            }
+            int q;
+            if (q8)
+                q = static_cast<std::int8_t>(b[2 + j]);
+            else
+                q = (j < 16 ? (b[2 + j] & 0x0F) : (b[2 + j - 16] >> 4)) - 8;
+            out[i] = static_cast<double>(static_cast<float>(q) * d);
+            ++j;
+        }
+        break;
+    }
+    case DType::GgmlQ4_1:
+    case DType::GgmlQ5_0:
+    case DType::GgmlQ5_1:
+    case DType::GgmlQ8_1:
+    case DType::GgmlQ2_K:
+    case DType::GgmlQ3_K:
+    case DType::GgmlQ4_K:
+    case DType::GgmlQ5_K:
+    case DType::GgmlQ6_K:
+    case DType::GgmlQ8_K:
+    case DType::GgmlIQ2_XXS:
+    case DType::GgmlIQ2_XS:
+    case DType::GgmlIQ3_XXS:
+    case DType::GgmlIQ1_S:
+    case DType::GgmlIQ4_NL:
+    case DType::GgmlIQ3_S:
+    case DType::GgmlIQ2_S:
+    case DType::GgmlIQ4_XS:
+    case DType::GgmlIQ1_M:
+    case DType::GgmlTQ1_0:
+    case DType::GgmlTQ2_0:
+    case DType::GgmlMXFP4:
+    case DType::GgmlNVFP4:
+    case DType::GgmlQ1_0:
+    case DType::GgmlQ2_0:
     case DType::Float4_e2m1fn_x2:
     case DType::Count:
         for (std::size_t i = 0; i < n; ++i)
@@ -290,6 +367,9 @@ void TensorReader::convert(const std::uint8_t* src, std::int64_t sb, std::size_t
 }
 
 std::uint64_t TensorReader::byteOffsetOf(std::uint64_t index) const {
+    if (isBlockDType(m_tensor.dtype)) // the block holding the element
+        return m_base + m_blockOffset +
+               index / dtypeBlockSize(m_tensor.dtype) * dtypeBlockBytes(m_tensor.dtype);
     std::uint64_t el = static_cast<std::uint64_t>(m_tensor.storageOffset);
     for (std::size_t d = m_tensor.shape.size(); d-- > 0;) {
         const auto size = static_cast<std::uint64_t>(m_tensor.shape[d]);
@@ -353,6 +433,8 @@ bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>
                                 std::size_t chunk) const {
     if (m_numel == 0)
         return true;
+    if (isBlockDType(m_tensor.dtype))
+        return forEachBlockChunk(fn, chunk);
     const std::size_t elsize = dtypeSize(m_tensor.dtype);
     // Coalesce dimensions so that contiguous tensors become one run and size-1 dimensions vanish.
     std::vector<std::int64_t> shape, strides;
@@ -418,6 +500,34 @@ bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>
     }
     if (contiguous)
         m_file->release(released, m_base + (m_tensor.storageOffset + m_numel) * elsize - released);
+    return true;
+}
+
+// Block types: the constructor made sure the tensor is contiguous, so logical order is block order.
+bool TensorReader::forEachBlockChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
+                                     std::size_t chunk) const {
+    const std::uint64_t blk = dtypeBlockSize(m_tensor.dtype);
+    const std::uint64_t blockBytes = dtypeBlockBytes(m_tensor.dtype);
+    chunk = std::max<std::size_t>(static_cast<std::size_t>(blk), chunk / blk * blk);
+    std::vector<double> buffer(chunk);
+    const std::uint64_t start = m_base + m_blockOffset;
+    std::uint64_t released = start;
+    for (std::uint64_t index = 0; index < m_numel;) {
+        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk, m_numel - index));
+        ConvertJob job{this, m_file->data() + byteOffsetOf(index), 0, n, index, buffer.data()};
+        if (!MappedFile::runGuarded(runConvert, &job))
+            throw Error(ErrorCode::Changed,
+                        "the file was truncated on disk while its data was being read; reload it",
+                        m_file->path(), {}, m_tensor.name);
+        if (!fn(std::span<const double>(buffer.data(), n), index))
+            return false;
+        index += n;
+        const std::uint64_t readEnd = start + (index + blk - 1) / blk * blockBytes;
+        if (readEnd - released >= (8u << 20) || index >= m_numel) {
+            m_file->release(released, readEnd - released);
+            released = readEnd;
+        }
+    }
     return true;
 }
 

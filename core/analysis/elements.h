@@ -16,6 +16,8 @@ using ProgressFn = std::function<bool(std::uint64_t done, std::uint64_t total)>;
 // Reads a tensor's elements from its mapped storage, converting every dtype to double: booleans as 0/1,
 // integers exactly, float16 / bfloat16 / float8 exactly, quantized values dequantized, complex values as
 // their magnitude (elementComplex() gives both parts). Only the bytes asked for are touched.
+// ggml block types: q8_0 and q4_0 are dequantized exactly as ggml does (contiguous tensors); the others
+// are refused with Error(Unsupported) "statistics of <type> tensors are not supported".
 class TensorReader {
 public:
     // Throws Error when the tensor has no readable data (its `error`), or its file changed on disk.
@@ -39,6 +41,8 @@ public:
 
 private:
     std::uint64_t byteOffsetOf(std::uint64_t index) const;
+    bool forEachBlockChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
+                           std::size_t chunk) const;
     void convert(const std::uint8_t* src, std::int64_t strideBytes, std::size_t n, std::uint64_t firstIndex,
                  double* out) const;
 
@@ -51,6 +55,7 @@ private:
     std::vector<double> m_scales; // per-channel quantization
     std::vector<std::int64_t> m_zeroPoints;
     std::uint64_t m_channelInner = 1; // elements per step along the quantization axis
+    std::uint64_t m_blockOffset = 0;  // ggml block types: bytes from the storage start to the first block
 };
 
 // Exact conversions of the narrow float formats, exposed for tests.

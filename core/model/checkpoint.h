@@ -75,7 +75,7 @@ struct TensorInfo {
     std::string error; // why the tensor's values cannot be read
 
     std::uint64_t numel() const;
-    std::uint64_t nbytes() const { return numel() * dtypeSize(dtype); }
+    std::uint64_t nbytes() const { return dtypeNbytes(dtype, numel()); } // whole blocks for ggml types
     bool isContiguous() const;
 };
 

@@ -54,7 +54,43 @@ constexpr std::array<DTypeInfo, static_cast<std::size_t>(DType::Count)> kTable{{
     {DType::Int7, "int7", "", 1, K::Signed},
     {DType::Float8_e8m0fnu, "float8_e8m0fnu", "", 1, K::Float},
     {DType::Float4_e2m1fn_x2, "float4_e2m1fn_x2", "", 1, K::Bits},
+    // ggml-common.h block layouts: elements per block, sizeof(block_xxx)
+    {DType::GgmlQ4_0, "q4_0", "", 0, K::Block, 32, 18},
+    {DType::GgmlQ4_1, "q4_1", "", 0, K::Block, 32, 20},
+    {DType::GgmlQ5_0, "q5_0", "", 0, K::Block, 32, 22},
+    {DType::GgmlQ5_1, "q5_1", "", 0, K::Block, 32, 24},
+    {DType::GgmlQ8_0, "q8_0", "", 0, K::Block, 32, 34},
+    {DType::GgmlQ8_1, "q8_1", "", 0, K::Block, 32, 36},
+    {DType::GgmlQ2_K, "q2_k", "", 0, K::Block, 256, 84},
+    {DType::GgmlQ3_K, "q3_k", "", 0, K::Block, 256, 110},
+    {DType::GgmlQ4_K, "q4_k", "", 0, K::Block, 256, 144},
+    {DType::GgmlQ5_K, "q5_k", "", 0, K::Block, 256, 176},
+    {DType::GgmlQ6_K, "q6_k", "", 0, K::Block, 256, 210},
+    {DType::GgmlQ8_K, "q8_k", "", 0, K::Block, 256, 292},
+    {DType::GgmlIQ2_XXS, "iq2_xxs", "", 0, K::Block, 256, 66},
+    {DType::GgmlIQ2_XS, "iq2_xs", "", 0, K::Block, 256, 74},
+    {DType::GgmlIQ3_XXS, "iq3_xxs", "", 0, K::Block, 256, 98},
+    {DType::GgmlIQ1_S, "iq1_s", "", 0, K::Block, 256, 50},
+    {DType::GgmlIQ4_NL, "iq4_nl", "", 0, K::Block, 32, 18},
+    {DType::GgmlIQ3_S, "iq3_s", "", 0, K::Block, 256, 110},
+    {DType::GgmlIQ2_S, "iq2_s", "", 0, K::Block, 256, 82},
+    {DType::GgmlIQ4_XS, "iq4_xs", "", 0, K::Block, 256, 136},
+    {DType::GgmlIQ1_M, "iq1_m", "", 0, K::Block, 256, 56},
+    {DType::GgmlTQ1_0, "tq1_0", "", 0, K::Block, 256, 54},
+    {DType::GgmlTQ2_0, "tq2_0", "", 0, K::Block, 256, 66},
+    {DType::GgmlMXFP4, "mxfp4", "", 0, K::Block, 32, 17},
+    {DType::GgmlNVFP4, "nvfp4", "", 0, K::Block, 64, 36},
+    {DType::GgmlQ1_0, "q1_0", "", 0, K::Block, 128, 18},
+    {DType::GgmlQ2_0, "q2_0", "", 0, K::Block, 64, 18},
 }};
+
+constexpr bool tableInEnumOrder() {
+    for (std::size_t i = 0; i < kTable.size(); ++i)
+        if (kTable[i].dtype != static_cast<DType>(i))
+            return false;
+    return true;
+}
+static_assert(tableInEnumOrder(), "kTable rows must follow the DType enum");
 
 // Aliases PyTorch accepts as attribute names of the torch module.
 struct Alias {
@@ -79,12 +115,19 @@ const DTypeInfo& dtypeInfo(DType t) {
 
 std::optional<DType> dtypeFromName(std::string_view name) {
     for (const auto& e : kTable)
-        if (e.name == name)
+        if (e.name == name && e.kind != K::Block)
             return e.dtype;
     for (const auto& a : kAliases)
         if (a.name == name)
             return a.dtype;
     return std::nullopt;
+}
+
+std::optional<DType> dtypeFromAnyName(std::string_view name) {
+    for (const auto& e : kTable)
+        if (e.name == name)
+            return e.dtype;
+    return dtypeFromName(name);
 }
 
 std::optional<DType> dtypeFromStorageName(std::string_view storageClass) {

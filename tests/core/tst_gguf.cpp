@@ -1,0 +1,438 @@
+// GGUF reader: one row per validation rule with the message a user sees, fixtures built in memory; exact
+// dequantization of q8_0 / q4_0 against hand-computed values; shapes in PyTorch order (reverse of ne).
+
+#include "testutil.h"
+
+#include "analysis/elements.h"
+#include "analysis/stats.h"
+
+#include <QTest>
+
+#include <vector>
+
+using namespace testutil;
+
+namespace {
+
+void u32(std::string& b, std::uint32_t v) {
+    for (int i = 0; i < 4; ++i)
+        b += static_cast<char>((v >> (8 * i)) & 0xFF);
+}
+void u64(std::string& b, std::uint64_t v) {
+    for (int i = 0; i < 8; ++i)
+        b += static_cast<char>((v >> (8 * i)) & 0xFF);
+}
+void str(std::string& b, const std::string& s) {
+    u64(b, s.size());
+    b += s;
+}
+std::string header(std::uint64_t tensors, std::uint64_t kvs, std::uint32_t version = 3) {
+    std::string b = "GGUF";
+    u32(b, version);
+    u64(b, tensors);
+    u64(b, kvs);
+    return b;
+}
+std::string kvString(const std::string& key, const std::string& value) {
+    std::string b;
+    str(b, key);
+    u32(b, 8);
+    str(b, value);
+    return b;
+}
+std::string kvU32(const std::string& key, std::uint32_t value, std::uint32_t type = 4) {
+    std::string b;
+    str(b, key);
+    u32(b, type);
+    u32(b, value);
+    return b;
+}
+std::string tensorInfo(const std::string& name, const std::vector<std::uint64_t>& ne, std::uint32_t type,
+                       std::uint64_t offset) {
+    std::string b;
+    str(b, name);
+    u32(b, static_cast<std::uint32_t>(ne.size()));
+    for (auto n : ne)
+        u64(b, n);
+    u32(b, type);
+    u64(b, offset);
+    return b;
+}
+// Header + architecture key + the given tensor infos, padded to 32, then `data`.
+std::string file(const std::vector<std::string>& infos, const std::string& data,
+                 const std::vector<std::string>& extraKvs = {}) {
+    std::string b = header(infos.size(), 1 + extraKvs.size()) + kvString("general.architecture", "test");
+    for (const auto& kv : extraKvs)
+        b += kv;
+    for (const auto& i : infos)
+        b += i;
+    b.resize((b.size() + 31) / 32 * 32, '\0');
+    return b + data;
+}
+std::string floats(std::initializer_list<float> v) {
+    std::string b;
+    for (float f : v) {
+        std::uint32_t u;
+        std::memcpy(&u, &f, 4);
+        u32(b, u);
+    }
+    return b;
+}
+
+} // namespace
+
+class TestGguf : public QObject {
+    Q_OBJECT
+private Q_SLOTS:
+    void rules_data();
+    void rules();
+    void metadataValues();
+    void shapesAreReversed();
+    void dequantizeQ8_0();
+    void dequantizeQ4_0();
+    void blockNbytes();
+    void otherQuantTypesRefused();
+    void brokenTensorKeepsOthersReadable();
+    void layoutGgmlWouldRefuseWarns();
+};
+
+void TestGguf::rules_data() {
+    QTest::addColumn<QByteArray>("bytes");
+    QTest::addColumn<QString>("expected");
+    auto row = [](const char* name, const std::string& b, const std::string& expected) {
+        QTest::newRow(name) << QByteArray(b.data(), static_cast<qsizetype>(b.size()))
+                            << QString::fromStdString(expected);
+    };
+    const std::string f32data = floats({1, 2, 3, 4, 5, 6});
+    const std::string good = file({tensorInfo("a", {3, 2}, 0, 0)}, f32data);
+    row("valid file", good, "ok");
+    {
+        std::string b = good;
+        b[3] = 'X';
+        row("bad magic", b, "not a recognised checkpoint format (first bytes: 47 47 55 58");
+    }
+    row("version 1", header(0, 0, 1),
+        "t.gguf: at byte 4: GGUF version 1 (32-bit counts, 2023) is not supported");
+    row("version 4", header(0, 0, 4),
+        "at byte 4: GGUF version 4 is not supported; only versions 2 and 3 are");
+    row("big-endian", header(0, 0, 0x03000000),
+        "written big-endian; big-endian GGUF files are not supported");
+    row("version 2 reads", header(0, 0, 2), "ok");
+    row("truncated header", header(0, 0).substr(0, 18),
+        "t.gguf: at byte 16: needs 8 bytes but only 2 are left");
+    row("huge tensor count", header(1ull << 32, 0),
+        "at byte 8: tensor count 4294967296 exceeds the limit of 16777216");
+    row("huge key count", header(0, 1ull << 40),
+        "at byte 16: metadata key count 1099511627776 exceeds the limit");
+    row("counts beyond the file", header(10, 1000),
+        "the header declares 1000 metadata keys and 10 tensors, more than the 0 bytes left can hold");
+    {
+        std::string b = header(0, 1);
+        u64(b, 1000);
+        b += std::string(20, 'k');
+        row("key string past end", b,
+            "at byte 24: metadata key 0 of 1000 bytes runs past the end of the file");
+    }
+    {
+        std::string b = header(0, 1);
+        str(b, "a");
+        u32(b, 8);
+        u64(b, 1ull << 31);
+        b += std::string(20, 'v');
+        row("string value past end", b, "string value of 'a' of 2147483648 bytes runs past the end");
+    }
+    {
+        std::string b = header(0, 1);
+        str(b, "a");
+        u32(b, 13);
+        u64(b, 0);
+        row("unknown value type", b, "at byte 33: metadata key 'a' has unknown value type 13");
+    }
+    {
+        std::string b = header(0, 1);
+        str(b, "a");
+        u32(b, 9);
+        u32(b, 20);
+        u64(b, 0);
+        row("unknown array element type", b, "array value of 'a' has unknown element type 20");
+    }
+    {
+        std::string b = header(0, 1);
+        str(b, "a");
+        u32(b, 9);
+        u32(b, 4);
+        u64(b, 1000);
+        b += std::string(40, '\0');
+        row("array count beyond the file", b,
+            "array value of 'a' declares 1000 u32 items, more than the 40 bytes");
+    }
+    {
+        std::string b = header(0, 1);
+        str(b, "a");
+        u32(b, 9);
+        u32(b, 4);
+        u64(b, (1ull << 30) + 1);
+        row("array count over the limit", b,
+            "array value of 'a' has 1073741825 items; the limit is 1073741824");
+    }
+    {
+        std::string b = header(0, 1);
+        str(b, "deep");
+        u32(b, 9);
+        for (int i = 0; i < 5; ++i) { // five levels of arrays, one item each
+            u32(b, 9);
+            u64(b, 1);
+        }
+        u32(b, 4);
+        u64(b, 0);
+        row("nested array depth", b, "value of 'deep' nests arrays deeper than 4 levels");
+    }
+    {
+        std::string b = header(0, 1);
+        str(b, "ok");
+        u32(b, 9);
+        for (int i = 0; i < 3; ++i) {
+            u32(b, 9);
+            u64(b, 1);
+        }
+        u32(b, 4);
+        u64(b, 1);
+        u32(b, 7);
+        row("nested arrays within the cap", b, "ok");
+    }
+    row("duplicate key", header(0, 2) + kvU32("a", 1) + kvU32("a", 2), "duplicate metadata key 'a'");
+    row("alignment not a power of two", file({}, {}, {kvU32("general.alignment", 48)}),
+        "general.alignment must be a u32 power of two; it is the u32 48");
+    row("alignment zero", file({}, {}, {kvU32("general.alignment", 0)}),
+        "general.alignment must be a u32 power of two");
+    row("alignment of the wrong type", file({}, {}, {kvU32("general.alignment", 32, 5)}),
+        "general.alignment must be a u32 power of two; it is the i32 32");
+    row("tensor name too long", file({tensorInfo(std::string(64, 'n'), {1}, 0, 0)}, f32data),
+        "is 64 bytes long; ggml allows at most 63");
+    row("duplicate tensor name", file({tensorInfo("a", {1}, 0, 0), tensorInfo("a", {1}, 0, 32)}, f32data),
+        "duplicate tensor name 'a'");
+    row("n_dims > 4", file({tensorInfo("a", {1, 1, 1, 1, 1}, 0, 0)}, f32data),
+        "tensor 'a' has 5 dimensions; ggml allows at most 4");
+    row("truncated tensor info", file({tensorInfo("a", {3, 2}, 0, 0)}, "").substr(0, 77),
+        "needs 4 bytes but only 0 are left");
+    row("unknown ggml type", file({tensorInfo("a", {1}, 99, 0)}, f32data), "a: unknown ggml type 99");
+    row("removed ggml type 4", file({tensorInfo("a", {1}, 4, 0)}, f32data), "a: unknown ggml type 4");
+    row("ne[0] not a multiple of the block size", file({tensorInfo("q", {16}, 8, 0)}, std::string(34, '\0')),
+        "q: ne[0] = 16 is not a multiple of the q8_0 block size 32");
+    row("negative dimension", file({tensorInfo("a", {1ull << 63}, 0, 0)}, f32data),
+        "a: dimension ne[0] = 9223372036854775808 is negative as ggml's int64");
+    row("element count overflow", file({tensorInfo("a", {1ull << 62, 4}, 0, 0)}, f32data),
+        "a: number of elements overflows");
+    row("size overflow", file({tensorInfo("a", {1ull << 62}, 28, 0)}, f32data),
+        "a: byte size of 4611686018427387904 float64 elements overflows");
+    row("f32 size overflow", file({tensorInfo("a", {1ull << 62}, 0, 0)}, f32data),
+        "a: byte size of 4611686018427387904 float32 elements overflows");
+    row("misaligned offset", file({tensorInfo("a", {1}, 0, 4)}, f32data),
+        "a: data offset 4 is not a multiple of the alignment 32");
+    row("offset out of file", file({tensorInfo("a", {3, 2}, 0, 1ull << 20)}, f32data),
+        "a: data (24 bytes at data offset 1048576, data section at byte 128) runs past the end of the file "
+        "(152 bytes)");
+    row("offset overflowing", file({tensorInfo("a", {3, 2}, 0, ~0ull - 31)}, f32data),
+        "runs past the end of the file");
+    row("data cut short", file({tensorInfo("a", {3, 2}, 0, 0)}, f32data.substr(0, 20)),
+        "a: data (24 bytes at data offset 0, data section at byte 128) runs past the end of the file (148 "
+        "bytes)");
+    row("overlapping offsets",
+        file({tensorInfo("a", {8}, 0, 0), tensorInfo("b", {8}, 0, 0)}, f32data + f32data),
+        "b: data (bytes 0..32 of the data section) overlaps tensor 'a'");
+    row("overlap in reverse file order",
+        file({tensorInfo("a", {8}, 0, 32), tensorInfo("b", {16}, 0, 0)}, f32data + f32data + f32data),
+        "a: data (bytes 32..64 of the data section) overlaps tensor 'b'");
+}
+
+void TestGguf::rules() {
+    QFETCH(QByteArray, bytes);
+    QFETCH(QString, expected);
+    const std::string outcome = openOutcome("t.gguf", bytes.toStdString());
+    if (expected == "ok")
+        QCOMPARE(QString::fromStdString(outcome), expected);
+    else
+        QVERIFY2(outcome.find(expected.toStdString()) != std::string::npos, outcome.c_str());
+}
+
+void TestGguf::metadataValues() {
+    std::string arr;
+    str(arr, "tokens");
+    u32(arr, 9);
+    u32(arr, 8);
+    u64(arr, 100);
+    for (int i = 0; i < 100; ++i)
+        str(arr, "t" + std::to_string(i));
+    std::string big;
+    str(big, "big");
+    u32(big, 10);
+    u64(big, ~0ull);
+    std::string neg;
+    str(neg, "neg");
+    u32(neg, 1);
+    neg += static_cast<char>(0x80);
+    const auto ck = ckpt::openCheckpointBuffer("m.gguf", file({}, {}, {arr, big, neg}));
+    QCOMPARE(ck->format, std::string("gguf"));
+    QCOMPARE(ck->values.size(), std::size_t(4));
+    QCOMPARE(ck->values[0].name, std::string("general.architecture"));
+    QCOMPARE(ck->values[0].value->text, std::string("test"));
+    const ckpt::Value* tokens = ck->values[1].value;
+    QCOMPARE(tokens->items.size(), std::size_t(65));
+    QCOMPARE(tokens->items[63]->text, std::string("t63"));
+    QCOMPARE(tokens->items[64]->text, std::string("... 36 more (100 items)"));
+    QCOMPARE(ck->values[2].value->kind, ckpt::ValueKind::BigInt);
+    QCOMPARE(ck->values[2].value->text, std::string("18446744073709551615"));
+    QCOMPARE(ck->values[3].value->integer, std::int64_t(-128));
+}
+
+void TestGguf::shapesAreReversed() {
+    // ne = [3, 2]: 2 rows of 3; PyTorch order is [2, 3] and element (1, 1) is the fifth float in the file.
+    const auto ck = ckpt::openCheckpointBuffer(
+        "s.gguf", file({tensorInfo("a", {3, 2}, 0, 0)}, floats({1, 2, 3, 4, 5, 6})));
+    const auto& t = ck->tensors.at(0);
+    QCOMPARE(t.shape, (std::vector<std::int64_t>{2, 3}));
+    QCOMPARE(t.strides, (std::vector<std::int64_t>{3, 1}));
+    QCOMPARE(t.nbytes(), std::uint64_t(24));
+    ckpt::TensorReader r(ck, t);
+    QCOMPARE(r.element(4), 5.0);
+    std::vector<double> all;
+    r.forEachChunk([&](std::span<const double> v, std::uint64_t) {
+        all.insert(all.end(), v.begin(), v.end());
+        return true;
+    });
+    QCOMPARE(all, (std::vector<double>{1, 2, 3, 4, 5, 6}));
+}
+
+void TestGguf::dequantizeQ8_0() {
+    // Two blocks: d = 0.5 (f16 0x3800) with q = -128, -1, 0, 1, 127, then 2, 3, ...; d = -0.25 (0xB400) with
+    // q = i.
+    std::string data;
+    std::vector<double> expected;
+    data += std::string("\x00\x38", 2);
+    const std::int8_t first[5] = {-128, -1, 0, 1, 127};
+    for (int j = 0; j < 32; ++j) {
+        const std::int8_t q = j < 5 ? first[j] : static_cast<std::int8_t>(j - 3);
+        data += static_cast<char>(q);
+        expected.push_back(0.5 * q);
+    }
+    data += std::string("\x00\xB4", 2);
+    for (int j = 0; j < 32; ++j) {
+        data += static_cast<char>(j);
+        expected.push_back(-0.25 * j);
+    }
+    QCOMPARE(expected[0], -64.0);
+    QCOMPARE(expected[4], 63.5);
+    QCOMPARE(expected[33], -0.25);
+    const auto ck = ckpt::openCheckpointBuffer("q8.gguf", file({tensorInfo("q", {64}, 8, 0)}, data));
+    const auto& t = ck->tensors.at(0);
+    QVERIFY2(t.error.empty(), t.error.c_str());
+    QCOMPARE(std::string(ckpt::dtypeName(t.dtype)), std::string("q8_0"));
+    QCOMPARE(t.nbytes(), std::uint64_t(68));
+    ckpt::TensorReader r(ck, t);
+    for (std::uint64_t i = 0; i < 64; ++i)
+        QCOMPARE(r.element(i), expected[i]);
+    std::vector<double> all;
+    bool inOrder = true;
+    r.forEachChunk(
+        [&](std::span<const double> v, std::uint64_t first) {
+            inOrder &= first == all.size() && v.size() == 32;
+            all.insert(all.end(), v.begin(), v.end());
+            return true;
+        },
+        40); // not a whole number of blocks: rounded down to one
+    QVERIFY(inOrder);
+    QCOMPARE(all, expected);
+    const auto stats = ckpt::computeStats(ck, t, 4);
+    QVERIFY(stats);
+    QCOMPARE(stats->min, -64.0);
+    QCOMPARE(stats->max, 63.5);
+}
+
+void TestGguf::dequantizeQ4_0() {
+    // d = 0.25 (f16 0x3400); byte j holds element j in its low nibble and element j + 16 in its high nibble.
+    std::string data("\x00\x34", 2);
+    for (int j = 0; j < 16; ++j)
+        data += static_cast<char>((j << 4) | (15 - j));
+    const auto ck = ckpt::openCheckpointBuffer("q4.gguf", file({tensorInfo("q", {32}, 2, 0)}, data));
+    const auto& t = ck->tensors.at(0);
+    QVERIFY2(t.error.empty(), t.error.c_str());
+    QCOMPARE(t.nbytes(), std::uint64_t(18));
+    ckpt::TensorReader r(ck, t);
+    QCOMPARE(r.element(0), 1.75);  // (15 - 8) * 0.25
+    QCOMPARE(r.element(15), -2.0); // (0 - 8) * 0.25
+    QCOMPARE(r.element(16), -2.0); // high nibble of byte 0: 0
+    QCOMPARE(r.element(31), 1.75); // high nibble of byte 15: 15
+    QCOMPARE(r.element(20), -1.0); // high nibble of byte 4: (4 - 8) * 0.25
+    std::vector<double> all;
+    r.forEachChunk([&](std::span<const double> v, std::uint64_t) {
+        all.insert(all.end(), v.begin(), v.end());
+        return true;
+    });
+    QCOMPARE(all.size(), std::size_t(32));
+    for (int j = 0; j < 16; ++j) {
+        QCOMPARE(all[static_cast<std::size_t>(j)], (15 - j - 8) * 0.25);
+        QCOMPARE(all[static_cast<std::size_t>(j + 16)], (j - 8) * 0.25);
+    }
+}
+
+void TestGguf::blockNbytes() {
+    std::uint64_t n = 0;
+    QVERIFY(ckpt::dtypeNbytes(ckpt::DType::GgmlQ4_K, 512, &n));
+    QCOMPARE(n, std::uint64_t(288));
+    QVERIFY(ckpt::dtypeNbytes(ckpt::DType::Float32, 10, &n));
+    QCOMPARE(n, std::uint64_t(40));
+    QVERIFY(!ckpt::dtypeNbytes(ckpt::DType::Float64, 1ull << 62, &n));
+    QCOMPARE(ckpt::dtypeSize(ckpt::DType::GgmlQ8_0), std::size_t(0));
+    QCOMPARE(ckpt::dtypeBlockBytes(ckpt::DType::GgmlQ8_0), std::size_t(34));
+    QVERIFY(!ckpt::dtypeFromName("q4_0")); // not a torch dtype: a pickle cannot name it
+    QCOMPARE(*ckpt::dtypeFromAnyName("q4_0"), ckpt::DType::GgmlQ4_0);
+    QCOMPARE(*ckpt::dtypeFromName("float32"), ckpt::DType::Float32);
+}
+
+void TestGguf::otherQuantTypesRefused() {
+    const auto ck =
+        ckpt::openCheckpointBuffer("k.gguf", file({tensorInfo("k", {256}, 12, 0)}, std::string(144, '\0')));
+    const auto& t = ck->tensors.at(0);
+    QVERIFY2(t.error.empty(), t.error.c_str());
+    QCOMPARE(std::string(ckpt::dtypeName(t.dtype)), std::string("q4_k"));
+    try {
+        ckpt::TensorReader r(ck, t);
+        QFAIL("q4_k read");
+    } catch (const ckpt::Error& e) {
+        QCOMPARE(e.code(), ckpt::ErrorCode::Unsupported);
+        QCOMPARE(e.message(), std::string("statistics of q4_k tensors are not supported"));
+    }
+}
+
+void TestGguf::brokenTensorKeepsOthersReadable() {
+    const auto ck = ckpt::openCheckpointBuffer(
+        "b.gguf", file({tensorInfo("good", {2}, 0, 0), tensorInfo("bad", {2}, 99, 32)}, floats({7, 8})));
+    QCOMPARE(ck->tensors.size(), std::size_t(2));
+    QVERIFY(ck->hasErrors());
+    QCOMPARE(ck->tensors[1].error, std::string("unknown ggml type 99"));
+    ckpt::TensorReader r(ck, ck->tensors[0]);
+    QCOMPARE(r.element(1), 8.0);
+}
+
+void TestGguf::layoutGgmlWouldRefuseWarns() {
+    // Tensors in reverse data order: they do not overlap, so both read, but ggml wants offsets in file order.
+    const std::string data = floats({1, 2, 0, 0, 0, 0, 0, 0, 3, 4});
+    std::string b = header(2, 0);
+    b += tensorInfo("second", {2}, 0, 32) + tensorInfo("first", {2}, 0, 0);
+    b.resize((b.size() + 31) / 32 * 32, '\0');
+    const auto ck = ckpt::openCheckpointBuffer("w.gguf", b + data);
+    QVERIFY(!ck->hasErrors());
+    std::vector<std::string> warnings;
+    for (const auto& f : ck->findings)
+        if (f.severity == ckpt::Severity::Warning)
+            warnings.push_back(f.object + ": " + f.message);
+    QCOMPARE(warnings.size(), std::size_t(2));
+    QCOMPARE(warnings[0],
+             std::string("second: tensor data is not laid out as ggml writes it: offset 32, expected 0; "
+                         "llama.cpp refuses such files"));
+    QCOMPARE(warnings[1], std::string(": no general.architecture key; llama.cpp requires one"));
+    QCOMPARE(ckpt::TensorReader(ck, *ck->findTensor("second")).element(1), 4.0);
+}
+
+QTEST_GUILESS_MAIN(TestGguf)
+#include "tst_gguf.moc"
