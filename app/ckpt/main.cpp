@@ -22,8 +22,10 @@ constexpr const char* kUsage = R"(Usage:
   ckpt stats FILE [NAME...] [--bins N] [--json]  statistics and histogram per tensor
   ckpt --help | --version
 
-Reads PyTorch checkpoints (torch.save zip and legacy formats, TorchScript archives) without running any code
-from them and without modifying them. Exit status: 0 on success, 2 on any error.
+Reads checkpoints without running any code from them and without modifying them: PyTorch (torch.save zip
+and legacy formats, TorchScript), safetensors, sharded checkpoints (a folder or its *.index.json), TensorFlow
+V2 bundles (.index, a .data shard, the prefix or the folder), GGUF, NumPy .npy/.npz.
+Exit status: 0 on success, 2 on any error.
 )";
 
 struct Args {
