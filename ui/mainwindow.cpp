@@ -119,7 +119,8 @@ void MainWindow::openDialog() {
     QSettings settings;
     const QStringList paths = QFileDialog::getOpenFileNames(
         this, tr("Open Checkpoint"), settings.value(QStringLiteral("lastDirectory")).toString(),
-        tr("Checkpoints (*.pt *.pth *.bin *.ckpt *.tar *.pkl *.safetensors *.json *.index *.gguf *.npy *.npz);;"
+        tr("Checkpoints (*.pt *.pth *.bin *.ckpt *.tar *.pkl *.safetensors *.json *.index *.gguf *.npy "
+           "*.npz);;"
            "All files (*)"));
     for (const QString& p : paths) {
         settings.setValue(QStringLiteral("lastDirectory"), QFileInfo(p).absolutePath());
