@@ -80,17 +80,19 @@ def ensure_file(workdir, kind):
 
 
 def measure(cmd):
-    """(wall seconds, peak RSS in MB) of one child process, its own ru_maxrss via wait4."""
+    """(wall seconds, peak RSS in MB) of one child process.
+
+    The peak comes from GNU time (Debian package `time`), which forks the command from its own small process:
+    a child spawned straight from this Python process would report Python's pages as its own, because the
+    kernel carries the parent's high-water mark across exec (with fork and vfork alike)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M"] + list(cmd), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read()
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), proc.returncode, err.decode(errors="replace")))
-    return wall, usage.ru_maxrss / 1024.0      # ru_maxrss is in KiB on Linux
+    err = proc.stderr.decode(errors="replace").strip().splitlines()
+    if proc.returncode != 0 or not err:
+        raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), proc.returncode, "\n".join(err[-5:])))
+    return wall, int(err[-1]) / 1024.0      # %M is in KiB
 
 
 def bench(cmd, runs):
