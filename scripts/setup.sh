@@ -8,8 +8,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 
 build_pkgs=(build-essential cmake ninja-build pkg-config zlib1g-dev nlohmann-json3-dev qt6-base-dev
-            libqcustomplot-dev libtorch-dev libsleef-dev libsnappy-dev)
-test_pkgs=(python3-torch python3-numpy python3-torchvision clang libclang-rt-14-dev xvfb xauth)
+            libqcustomplot-dev libtorch-dev libsleef-dev libsnappy-dev libhdf5-dev)
+test_pkgs=(time python3-torch python3-numpy python3-torchvision python3-h5py clang libclang-rt-14-dev xvfb xauth)
 pkgs=("${build_pkgs[@]}")
 [ "$mode" = test ] && pkgs+=("${test_pkgs[@]}")
 

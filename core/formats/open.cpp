@@ -32,6 +32,10 @@
 #include "tfbundle.h"
 #define CKPT_HAVE_TFBUNDLE 1
 #endif
+#if __has_include("keras.h")
+#include "keras.h"
+#define CKPT_HAVE_KERAS 1
+#endif
 
 #include <cstring>
 
@@ -90,9 +94,17 @@ CheckpointPtr dispatch(std::shared_ptr<const MappedFile> file) {
             if (looksLikeNpz(file))
                 return readNpz(file);
 #endif
+#ifdef CKPT_HAVE_KERAS
+            if (looksLikeKerasZip(file))
+                return readKerasZip(file);
+#endif
             throw;
         }
     }
+#ifdef CKPT_HAVE_KERAS
+    if (looksLikeHdf5(file))
+        return readKerasH5(file);
+#endif
 #ifdef CKPT_HAVE_GGUF
     if (looksLikeGguf(head, file->size()))
         return readGguf(file);
