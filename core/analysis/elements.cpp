@@ -381,7 +381,8 @@ std::uint64_t TensorReader::byteOffsetOf(std::uint64_t index) const {
 
 namespace {
 void runConvert(void* ctx);
-}
+void convertOrThrow(ConvertJob& job, const MappedFile& file, const std::string& tensor);
+} // namespace
 
 double TensorReader::element(std::uint64_t index) const {
     if (index >= m_numel)
@@ -391,9 +392,7 @@ double TensorReader::element(std::uint64_t index) const {
                     {}, {}, m_tensor.name);
     double out = 0;
     ConvertJob job{this, m_file->data() + byteOffsetOf(index), 0, 1, index, &out};
-    if (!MappedFile::runGuarded(runConvert, &job))
-        throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it",
-                    m_file->path(), {}, m_tensor.name);
+    convertOrThrow(job, *m_file, m_tensor.name);
     return out;
 }
 
@@ -421,6 +420,16 @@ namespace {
 void runConvert(void* ctx) {
     auto* job = static_cast<ConvertJob*>(ctx);
     job->reader->convertJob(job->src, job->strideBytes, job->n, job->firstIndex, job->out);
+}
+} // namespace
+
+namespace {
+// Converts under the SIGBUS guard; pages lost to a truncation become Error(Changed) naming the tensor.
+void convertOrThrow(ConvertJob& job, const MappedFile& file, const std::string& tensor) {
+    if (!MappedFile::runGuarded(runConvert, &job))
+        throw Error(ErrorCode::Changed,
+                    "the file was truncated on disk while its data was being read; reload it", file.path(),
+                    {}, tensor);
 }
 } // namespace
 
@@ -474,10 +483,7 @@ bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>
                            n,
                            index,
                            buffer.data()};
-            if (!MappedFile::runGuarded(runConvert, &job))
-                throw Error(ErrorCode::Changed,
-                            "the file was truncated on disk while its data was being read; reload it",
-                            m_file->path(), {}, m_tensor.name);
+            convertOrThrow(job, *m_file, m_tensor.name);
             if (!fn(std::span<const double>(buffer.data(), n), index))
                 return false;
             done += n;
@@ -515,10 +521,7 @@ bool TensorReader::forEachBlockChunk(const std::function<bool(std::span<const do
     for (std::uint64_t index = 0; index < m_numel;) {
         const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk, m_numel - index));
         ConvertJob job{this, m_file->data() + byteOffsetOf(index), 0, n, index, buffer.data()};
-        if (!MappedFile::runGuarded(runConvert, &job))
-            throw Error(ErrorCode::Changed,
-                        "the file was truncated on disk while its data was being read; reload it",
-                        m_file->path(), {}, m_tensor.name);
+        convertOrThrow(job, *m_file, m_tensor.name);
         if (!fn(std::span<const double>(buffer.data(), n), index))
             return false;
         index += n;
