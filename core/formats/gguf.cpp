@@ -182,37 +182,25 @@ Value* GgufParser::integer(std::uint64_t v, bool isSigned, int bytes) {
 
 Value* GgufParser::readValue(std::uint32_t type, int depth, bool keep, const std::string& key) {
     switch (type) {
-    case U8: {
-        const auto v = m_r.u8();
-        return keep ? integer(v, false, 1) : nullptr;
-    }
-    case I8: {
-        const auto v = m_r.u8();
-        return keep ? integer(v, true, 1) : nullptr;
-    }
-    case U16: {
-        const auto v = m_r.u16le();
-        return keep ? integer(v, false, 2) : nullptr;
-    }
-    case I16: {
-        const auto v = m_r.u16le();
-        return keep ? integer(v, true, 2) : nullptr;
-    }
-    case U32: {
-        const auto v = m_r.u32le();
-        return keep ? integer(v, false, 4) : nullptr;
-    }
-    case I32: {
-        const auto v = m_r.u32le();
-        return keep ? integer(v, true, 4) : nullptr;
-    }
-    case U64: {
-        const auto v = m_r.u64le();
-        return keep ? integer(v, false, 8) : nullptr;
-    }
+    case U8:
+    case I8:
+    case U16:
+    case I16:
+    case U32:
+    case I32:
+    case U64:
     case I64: {
-        const auto v = m_r.u64le();
-        return keep ? integer(v, true, 8) : nullptr;
+        // Integers: width from the type, read little-endian; signed ones are sign-extended by integer().
+        const int bytes = type == U8 || type == I8     ? 1
+                          : type == U16 || type == I16 ? 2
+                          : type == U32 || type == I32 ? 4
+                                                       : 8;
+        const std::uint64_t v = bytes == 1   ? m_r.u8()
+                                : bytes == 2 ? m_r.u16le()
+                                : bytes == 4 ? m_r.u32le()
+                                             : m_r.u64le();
+        const bool isSigned = type == I8 || type == I16 || type == I32 || type == I64;
+        return keep ? integer(v, isSigned, bytes) : nullptr;
     }
     case F32: {
         const auto v = std::bit_cast<float>(m_r.u32le());

@@ -51,6 +51,14 @@ def workfile(name):
     return os.path.join(WORKDIR, name)
 
 
+def save_both_formats(obj, stem):
+    """torch.save `obj` as a zip file and in the legacy format; returns ({format: path}, {format: loaded})."""
+    paths = {"zip": workfile(stem + ".pt"), "legacy": workfile(stem + "_legacy.pt")}
+    torch.save(obj, paths["zip"])
+    torch.save(obj, paths["legacy"], _use_new_zipfile_serialization=False)
+    return paths, {k: torch.load(p) for k, p in paths.items()}
+
+
 class CkptTestCase(unittest.TestCase):
     """Base class: checks that the binary exists and offers comparison helpers."""
 

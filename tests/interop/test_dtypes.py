@@ -79,10 +79,7 @@ class DtypesTest(CkptTestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.obj = make_fixture()
-        cls.paths = {"zip": workfile("dtypes.pt"), "legacy": workfile("dtypes_legacy.pt")}
-        torch.save(cls.obj, cls.paths["zip"])
-        torch.save(cls.obj, cls.paths["legacy"], _use_new_zipfile_serialization=False)
-        cls.loaded = {k: torch.load(p) for k, p in cls.paths.items()}
+        cls.paths, cls.loaded = common.save_both_formats(cls.obj, "dtypes")
 
     def _allow_extra(self, name):
         # per-channel scales / zero points are tensors in the file; listing them is tolerated

@@ -62,10 +62,7 @@ class LayoutsTest(CkptTestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.obj = make_fixture()
-        cls.paths = {"zip": workfile("layouts.pt"), "legacy": workfile("layouts_legacy.pt")}
-        torch.save(cls.obj, cls.paths["zip"])
-        torch.save(cls.obj, cls.paths["legacy"], _use_new_zipfile_serialization=False)
-        cls.loaded = {k: torch.load(p) for k, p in cls.paths.items()}
+        cls.paths, cls.loaded = common.save_both_formats(cls.obj, "layouts")
 
     def test_ls(self):
         for fmt, path in self.paths.items():
