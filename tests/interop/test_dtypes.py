@@ -6,7 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import CkptTestCase, flatten, dtype_name, workfile  # noqa: E402
+from common import CkptTestCase, flatten, dtype_name  # noqa: E402
 
 import torch  # noqa: E402
 
