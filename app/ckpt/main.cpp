@@ -1,5 +1,7 @@
 // ckpt: inspect checkpoints from the command line. Argument parsing only; the work is in ckptcore.
 
+#include "cli.h"
+
 #include "analysis/stats.h"
 #include "analysis/torchstats/loader.h"
 #include "formats/open.h"
@@ -20,7 +22,7 @@ constexpr const char* kUsage = R"(Usage:
   ckpt info  FILE [--json]                       format, counts, sizes, dtypes, devices, values, findings
   ckpt ls    FILE [--filter GLOB] [--json]       one row per tensor
   ckpt stats FILE [NAME...] [--bins N] [--json]  statistics and histogram per tensor
-  ckpt --help | --version
+@COMMANDS@  ckpt --help | --version
 
 Reads checkpoints without running any code from them and without modifying them: PyTorch (torch.save zip
 and legacy formats, TorchScript), safetensors, sharded checkpoints (a folder or its *.index.json), TensorFlow
@@ -37,9 +39,20 @@ struct Args {
     bool json = false;
 };
 
-[[noreturn]] void usageError(const std::string& what) {
-    std::cerr << "ckpt: " << ckpt::printable(what) << " (ckpt --help shows the usage)\n";
-    std::exit(2);
+using ckpt::cli::usageError;
+
+std::vector<ckpt::cli::Command>& commands() {
+    static std::vector<ckpt::cli::Command> registry;
+    return registry;
+}
+
+std::string usageText() {
+    std::string text = kUsage;
+    std::string extra;
+    for (const auto& c : commands())
+        extra += c.usage;
+    text.replace(text.find("@COMMANDS@"), 10, extra);
+    return text;
 }
 
 Args parse(int argc, char** argv) {
@@ -53,7 +66,7 @@ Args parse(int argc, char** argv) {
             return argv[++i];
         };
         if (arg == "--help" || arg == "-h") {
-            std::cout << kUsage;
+            std::cout << usageText();
             std::exit(0);
         } else if (arg == "--version") {
             std::cout << "ckpt " CKPT_VERSION "\n";
@@ -94,22 +107,7 @@ Args parse(int argc, char** argv) {
     return a;
 }
 
-// Every unreadable tensor is reported on stderr; the caller exits 2 when there were any.
-bool reportErrors(const ckpt::Checkpoint& ck, const std::string& file) {
-    bool any = false;
-    for (const auto& f : ck.findings) {
-        if (f.severity != ckpt::Severity::Error)
-            continue;
-        any = true;
-        std::string line = file + ": ";
-        if (f.offset)
-            line += "at byte " + std::to_string(*f.offset) + ": ";
-        if (!f.object.empty())
-            line += f.object + ": ";
-        std::cerr << "ckpt: " << ckpt::printable(line + f.message) << '\n';
-    }
-    return any;
-}
+using ckpt::cli::reportErrors;
 
 int run(const Args& a) {
     const ckpt::CheckpointPtr ck = ckpt::openCheckpoint(a.file);
@@ -165,8 +163,68 @@ int run(const Args& a) {
 
 } // namespace
 
+namespace ckpt::cli {
+
+void registerCommand(const Command& command) {
+    commands().push_back(command);
+}
+const std::vector<Command>& registeredCommands() {
+    return commands();
+}
+
+void usageError(const std::string& what) {
+    std::cerr << "ckpt: " << ckpt::printable(what) << " (ckpt --help shows the usage)\n";
+    std::exit(2);
+}
+
+bool reportErrors(const ckpt::Checkpoint& ck, const std::string& file) {
+    bool any = false;
+    for (const auto& f : ck.findings) {
+        if (f.severity != ckpt::Severity::Error)
+            continue;
+        any = true;
+        std::string line = file + ": ";
+        if (f.offset)
+            line += "at byte " + std::to_string(*f.offset) + ": ";
+        if (!f.object.empty())
+            line += f.object + ": ";
+        std::cerr << "ckpt: " << ckpt::printable(line + f.message) << '\n';
+    }
+    return any;
+}
+
+} // namespace ckpt::cli
+
+namespace {
+
+// A registered command (cmd_*.cpp) named by the first argument runs with everything after it.
+int runRegistered(const ckpt::cli::Command& command, int argc, char** argv) {
+    std::vector<std::string> rest(argv + 2, argv + argc);
+    try {
+        const int status = command.run(rest);
+        std::cout.flush();
+        std::fflush(nullptr);
+        std::_Exit(status);
+    } catch (const ckpt::Error& e) {
+        std::cout.flush();
+        std::cerr << "ckpt: " << ckpt::printable(e.what()) << '\n';
+    } catch (const std::bad_alloc&) {
+        std::cerr << "ckpt: out of memory\n";
+    } catch (const std::exception& e) {
+        std::cerr << "ckpt: " << ckpt::printable(e.what()) << '\n';
+    }
+    return 2;
+}
+
+} // namespace
+
 int main(int argc, char** argv) {
     std::ios::sync_with_stdio(false);
+    if (argc >= 2) {
+        for (const auto& c : commands())
+            if (argv[1] == std::string_view(c.name))
+                return runRegistered(c, argc, argv);
+    }
     const Args args = parse(argc, argv);
     try {
         const int status = run(args);
