@@ -6,6 +6,7 @@
 
 #include <QApplication>
 #include <QCommandLineParser>
+#include <QIcon>
 #include <QTimer>
 
 #include <cstdio>
@@ -16,6 +17,11 @@ int main(int argc, char** argv) {
     QApplication::setApplicationName(QStringLiteral("ckpt-browser"));
     QApplication::setApplicationDisplayName(QStringLiteral("Checkpoint Browser"));
     QApplication::setApplicationVersion(QStringLiteral(CKPT_VERSION));
+    // The installed desktop file and icon (packaging/): Wayland compositors find the window's icon and
+    // name through the desktop file name.
+    QGuiApplication::setDesktopFileName(QStringLiteral("io.github.checkpointbrowser.CheckpointBrowser"));
+    QApplication::setWindowIcon(
+        QIcon::fromTheme(QStringLiteral("io.github.checkpointbrowser.CheckpointBrowser")));
 
     QCommandLineParser parser;
     parser.setApplicationDescription(
@@ -35,7 +41,7 @@ int main(int argc, char** argv) {
         QStringLiteral("Print 'ready' when the tree of the first file is shown (benchmarks)."));
     const QCommandLineOption quit(
         QStringLiteral("quit-when-ready"),
-        QStringLiteral("Quit once ready (and once the statistics are drawn, with --statistics)."));
+        QStringLiteral("Quit once ready (and once the statistics are drawn, with --page statistics)."));
     const QCommandLineOption shot(QStringLiteral("screenshot"),
                                   QStringLiteral("Save a picture of the window when ready."),
                                   QStringLiteral("PNG"));
