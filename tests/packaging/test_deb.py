@@ -128,6 +128,21 @@ class DebianPackage(unittest.TestCase):
             self.assertTrue(any(p.startswith("libtorch") for p in packages), packages)
         self.assertEqual(declared, packages | RUNTIME_ONLY)
 
+    def test_installs_on_a_clean_system(self):
+        """apt resolves the package against the archive as if nothing were installed (an empty dpkg status):
+        every dependency, and each of theirs, exists in the distribution's archive."""
+        policy = run(["apt-cache", "policy", "libc6"]).stdout
+        if "Candidate:" not in policy or "Candidate: (none)" in policy:
+            self.skipTest("no package lists (run apt-get update first)")
+        status = workfile("empty-status")
+        open(status, "w").close()
+        proc = run(["apt-get", "-s", "-o", "Dir::State::status=" + status, "install", "--no-install-recommends",
+                    self.deb], timeout=300)
+        self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr)
+        self.assertRegex(proc.stdout, r"(?m)^Inst checkpoint-browser ")
+        self.assertRegex(proc.stdout, r"(?m)^Inst libqt6gui6 ")
+        self.assertNotRegex(proc.stderr, r"(?m)^E:", proc.stderr)
+
     def test_installed_ckpt_reads_a_checkpoint(self):
         path = workfile("model.pt")
         sd = {"encoder.weight": torch.randn(4, 3), "encoder.bias": torch.zeros(4, dtype=torch.float64),
