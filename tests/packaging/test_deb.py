@@ -105,6 +105,14 @@ class DebianPackage(unittest.TestCase):
             sections = run(["readelf", "-S", os.path.join(self.root, f)]).stdout
             self.assertNotIn(".debug_info", sections, f)
 
+    def test_installed_tree_validates(self):
+        """AppStream's check of an installed tree: the metainfo with the desktop file it launches."""
+        tool = need_tool(self, "appstreamcli", "appstream")
+        proc = run([tool, "validate-tree", "--no-net", "--explain", self.root])
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertIn(APP_ID + ".metainfo.xml", proc.stdout)
+        self.assertNotRegex(proc.stdout, r"(?m)^[EW]: ", proc.stdout)
+
     def test_depends_are_exactly_what_the_files_link(self):
         declared = depends_names(self.field("Depends"))
         libs = library_paths()
