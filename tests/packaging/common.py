@@ -13,7 +13,7 @@ import sys
 import unittest
 
 APP_ID = "io.github.checkpointbrowser.CheckpointBrowser"
-ARGS = None  # source_dir, build_dir, workdir, ckpt, browser, plugin
+ARGS = None  # source_dir, build_dir, workdir, ckpt, browser, plugin, cpack
 
 
 def main():
@@ -25,8 +25,9 @@ def main():
     parser.add_argument("--ckpt", default="")
     parser.add_argument("--browser", default="")
     parser.add_argument("--plugin", default="", help="the LibTorch plugin, where the build made one")
+    parser.add_argument("--cpack", default="", help="cpack of the CMake that configured the build")
     args, rest = parser.parse_known_args()
-    for k in ("source_dir", "build_dir", "workdir", "ckpt", "browser", "plugin"):
+    for k in ("source_dir", "build_dir", "workdir", "ckpt", "browser", "plugin", "cpack"):
         v = getattr(args, k)
         setattr(args, k, os.path.abspath(v) if v else "")
     if os.path.isdir(args.workdir):

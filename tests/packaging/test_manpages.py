@@ -3,13 +3,12 @@ description, every option of every command is in that command's synopsis and has
 the same for ckpt-browser's options. The pages are read from their roff source (and, where groff is
 installed, also rendered with its warnings on)."""
 
-import os
 import re
 import shutil
 import unittest
 
 import common
-from common import need_tool, packaging_file, run
+from common import packaging_file, run
 
 
 def roff_text(line):
