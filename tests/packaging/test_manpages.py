@@ -49,6 +49,13 @@ def tags(section_lines):
     return out
 
 
+def title_version(name):
+    """The version in the .TH line: .TH CKPT 1 DATE "Checkpoint Browser X.Y.Z" ..."""
+    with open(packaging_file(name), encoding="utf-8") as f:
+        m = re.search(r'(?m)^\.TH \S+ 1 \S+ "Checkpoint Browser ([^"]+)"', f.read())
+    return m.group(1) if m else None
+
+
 OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 
 
@@ -108,6 +115,10 @@ class CkptPage(unittest.TestCase):
                     self.assertIn(option, listed, "not in the synopsis of 'ckpt %s'" % command)
                     self.assertIn(option, described, "no paragraph in OPTIONS")
 
+    def test_version(self):
+        version = run([common.ARGS.ckpt, "--version"]).stdout.split()[-1]
+        self.assertEqual(title_version("ckpt.1"), version)
+
     def test_renders_without_warnings(self):
         if not shutil.which("groff"):
             self.skipTest("groff not installed (Debian package groff-base)")
@@ -140,6 +151,10 @@ class BrowserPage(unittest.TestCase):
             with self.subTest(option=option):
                 self.assertIn(option, listed, "not in the synopsis")
                 self.assertIn(option, described, "no paragraph in OPTIONS")
+
+    def test_version(self):
+        proc = run([common.ARGS.browser, "--version"], env=common.offscreen_env())
+        self.assertEqual(title_version("ckpt-browser.1"), proc.stdout.split()[-1])
 
     def test_renders_without_warnings(self):
         if not shutil.which("groff"):
