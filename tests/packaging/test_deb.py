@@ -80,7 +80,11 @@ class DebianPackage(unittest.TestCase):
         self.assertEqual(self.field("Package"), "checkpoint-browser")
         self.assertEqual(self.field("Architecture"), arch)
         info = run(["dpkg-deb", "-I", self.deb]).stdout
-        self.assertIn("Checkpoint Browser shows what a model checkpoint holds", info)
+        # Summary, then the extended description indented by one space, its paragraphs separated by " .".
+        self.assertRegex(info, r"Description: Inspect model checkpoints without loading or executing them\n"
+                               r"  Checkpoint Browser shows what a model checkpoint holds")
+        self.assertEqual(info.count("Inspect model checkpoints"), 1, info)
+        self.assertIn("\n  .\n  It reads PyTorch", info)
 
     def test_contents(self):
         proc = run(["dpkg-deb", "-c", self.deb])
