@@ -61,7 +61,9 @@ def run(cmd, timeout=120, env=None, cwd=None):
 def offscreen_env(**extra):
     env = dict(os.environ)
     env["QT_QPA_PLATFORM"] = "offscreen"
-    env.setdefault("XDG_RUNTIME_DIR", ARGS.workdir)
+    runtime = os.path.join(ARGS.workdir, "runtime")
+    os.makedirs(runtime, mode=0o700, exist_ok=True)
+    env.setdefault("XDG_RUNTIME_DIR", runtime)
     env.pop("CKPT_TORCHSTATS", None)
     env.update(extra)
     return env

@@ -8,6 +8,8 @@ import glob
 import json
 import os
 import re
+import shutil
+import time
 import unittest
 
 import torch
@@ -138,6 +140,49 @@ class DebianPackage(unittest.TestCase):
         if self.has_plugin:
             self.assertTrue(any(p.startswith("libtorch") for p in packages), packages)
         self.assertEqual(declared, packages | RUNTIME_ONLY)
+
+    def test_double_click_opens_the_file(self):
+        """What a file manager does on a double-click, through GIO: the type of the file, the application
+        registered for it (the package's desktop file, in a data directory holding only the package's share/
+        and the system's MIME types), then that desktop file's Exec line with the file. ckpt-browser on PATH
+        is a script that records its arguments and runs the packaged program with --quit-when-ready."""
+        gio = need_tool(self, "gio", "libglib2.0-bin")
+        data = workfile("xdg", "data")
+        shutil.copytree(os.path.join(self.root, "usr", "share", "applications"), os.path.join(data, "applications"))
+        shutil.copytree(os.path.join(self.root, "usr", "share", "mime"), os.path.join(data, "mime"))
+        shutil.copy("/usr/share/mime/packages/freedesktop.org.xml", os.path.join(data, "mime", "packages"))
+        for cmd in ([need_tool(self, "update-mime-database", "shared-mime-info"), os.path.join(data, "mime")],
+                    [need_tool(self, "update-desktop-database", "desktop-file-utils"),
+                     os.path.join(data, "applications")]):
+            proc = run(cmd)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+        bindir, log = workfile("xdg", "bin"), workfile("xdg", "launched.log")
+        os.makedirs(bindir)
+        with open(os.path.join(bindir, "ckpt-browser"), "w") as f:
+            f.write('#!/bin/sh\necho "args: $*" >> "%s"\n' % log)
+            f.write('exec "%s" --report-ready --quit-when-ready "$@" >> "%s" 2>&1\n'
+                    % (os.path.join(self.root, "usr", "bin", "ckpt-browser"), log))
+        os.chmod(os.path.join(bindir, "ckpt-browser"), 0o755)
+        path = workfile("double click.pt")
+        torch.save({"w": torch.ones(3)}, path)
+
+        env = common.offscreen_env(XDG_DATA_HOME=workfile("xdg", "home"), XDG_DATA_DIRS=data,
+                                   XDG_CURRENT_DESKTOP="GNOME", PATH=bindir + os.pathsep + os.environ["PATH"])
+        for var in ("DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS"):
+            env.pop(var, None)
+        self.assertEqual(run(["xdg-mime", "query", "default", "application/x-pytorch"], env=env).stdout.strip(),
+                         APP_ID + ".desktop")
+        proc = run([gio, "open", path], env=env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        deadline = time.monotonic() + 120
+        text = ""
+        while time.monotonic() < deadline and "ready" not in text:
+            time.sleep(0.2)
+            if os.path.exists(log):
+                with open(log, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+        self.assertIn("args: %s\n" % path, text)
+        self.assertRegex(text, r"(?m)^ready ok \d+ ms")
 
     def test_installs_on_a_clean_system(self):
         """apt resolves the package against the archive as if nothing were installed (an empty dpkg status):
