@@ -10,7 +10,7 @@ cd "$here"
 build_pkgs=(build-essential cmake ninja-build pkg-config zlib1g-dev nlohmann-json3-dev qt6-base-dev
             libqcustomplot-dev libtorch-dev libsleef-dev libsnappy-dev libhdf5-dev)
 test_pkgs=(time python3-torch python3-numpy python3-torchvision python3-h5py clang libclang-rt-14-dev xvfb xauth
-           libleveldb-dev desktop-file-utils appstream shared-mime-info xdg-utils dpkg-dev file)
+           libleveldb-dev desktop-file-utils appstream shared-mime-info xdg-utils libglib2.0-bin dpkg-dev file)
 pkgs=("${build_pkgs[@]}")
 [ "$mode" = test ] && pkgs+=("${test_pkgs[@]}")
 
