@@ -249,8 +249,9 @@ ExportPlan buildExportPlan(const Checkpoint& ck, const ExportOptions& o) {
                 break;
             }
         if (o.castTo && isCastable(t.dtype) && t.dtype != *o.castTo &&
-            std::none_of(o.keepDtype.begin(), o.keepDtype.end(),
-                         [&](const std::string& k) { return exportPatternMatch(k, t.name); })) {
+            std::none_of(o.keepDtype.begin(), o.keepDtype.end(), [&](const std::string& k) {
+                return exportPatternMatch(k, t.name) || exportPatternMatch(k, p.name);
+            })) {
             p.dtype = *o.castTo;
             p.cast = true;
             ++castCount;

@@ -18,7 +18,7 @@
 //   4. devices: FROM=TO pairs on the storage's location tag; the first pair whose FROM equals the tag (or is
 //      `*`) wins.
 //   5. dtype: floating-point tensors (float64, float32, float16, bfloat16) are cast to the target dtype,
-//      except those matching a keep pattern; other tensors are written as they are.
+//      except those whose source or new name matches a keep pattern; other tensors are written as they are.
 
 #include "model/checkpoint.h"
 
