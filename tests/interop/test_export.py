@@ -365,6 +365,36 @@ class ExportTest(CkptTestCase):
         self.export(src, pt)
         self.assert_same(torch.load(pt, weights_only=True), got)
 
+    def test_numpy_big_endian_and_fortran_order(self):
+        src = workfile("arrays.npz")
+        arrays = {"be": np.arange(-3, 9, dtype=">f4").reshape(3, 4) / 7, "ints": np.arange(5, dtype="<i8"),
+                  "fortran": np.asfortranarray(np.linspace(-2, 2, 12, dtype="<f8").reshape(3, 4))}
+        np.savez(src, **arrays)
+        st = workfile("arrays.safetensors")
+        self.export(src, st)
+        got, _ = read_safetensors(st)
+        for k, v in arrays.items():
+            self.assertTrue(torch.equal(got[k], torch.from_numpy(np.ascontiguousarray(v.astype(v.dtype.newbyteorder("="))))), k)
+        pt = workfile("arrays_bf16.pt")
+        self.export(src, pt, "--dtype", "bfloat16")
+        expected = {k: torch.from_numpy(np.ascontiguousarray(v.astype(v.dtype.newbyteorder("=")))) for k, v in arrays.items()}
+        expected = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in expected.items()}
+        got = torch.load(pt, weights_only=True)
+        for k, v in expected.items():
+            self.assertEqual(got[k].dtype, v.dtype, k)
+            self.assertTrue(torch.equal(got[k].contiguous(), v), k)
+
+    def test_legacy_torch_source(self):
+        torch.manual_seed(12)
+        w = torch.randn(4, 5)
+        sd = {"w": w, "w_rows": w[1:3], "n": torch.arange(3)}
+        src, dst = workfile("legacy_src.pt"), workfile("legacy_out.pt")
+        torch.save(sd, src, _use_new_zipfile_serialization=False)
+        self.export(src, dst)
+        got = torch.load(dst, weights_only=True)
+        self.assert_same(got, sd)
+        self.assertEqual(got["w_rows"].storage().data_ptr(), got["w"].storage().data_ptr())
+
     # ---- interruption --------------------------------------------------------------------------------------
 
     def test_kill_at_every_stage(self):
