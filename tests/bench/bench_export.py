@@ -7,8 +7,9 @@ Usage:
 
 The checkpoint is written by the real PyTorch with every storage tagged cuda:0 (as a GPU training run saves
 it): 800 model tensors and 200 optimizer tensors of 512 x 1049 float32 (2.15 GB). Each tool runs in a fresh
-process under GNU time (`/usr/bin/time -f '%e %M'`: wall seconds, peak RSS in KiB), one warm-up run, then
---runs measured runs; medians are printed side by side with the targets. The page cache is not dropped, so
+process under GNU time (`/usr/bin/time`: wall seconds, peak RSS, user + system CPU seconds), in rounds that
+run every tool once (so a burst of load on a shared machine slows all tools of a round alike): a warm-up
+round, then --runs measured rounds; medians are printed side by side with the targets. The page cache is not dropped, so
 every figure is a warm-cache one. See tests/bench/README.md.
 """
 
@@ -66,14 +67,14 @@ def ensure_file(workdir):
 
 
 def timed(cmd, out):
-    """Runs cmd under GNU time; returns (wall seconds, peak RSS in MB)."""
+    """Runs cmd under GNU time; returns (wall seconds, peak RSS in MB, user + system CPU seconds)."""
     if os.path.exists(out):
         os.unlink(out)
-    proc = subprocess.run([TIME, "-f", "%e %M"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run([TIME, "-f", "%e %M %U %S"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if proc.returncode != 0:
         sys.exit("failed: %s\n%s" % (" ".join(cmd), proc.stderr.decode(errors="replace")))
-    wall, kib = proc.stderr.decode().strip().splitlines()[-1].split()
-    return float(wall), int(kib) / 1024.0
+    wall, kib, user, system = proc.stderr.decode().strip().splitlines()[-1].split()
+    return float(wall), int(kib) / 1024.0, float(user) + float(system)
 
 
 def main():
@@ -100,12 +101,22 @@ def main():
         ("cp + sync FILE", ["sh", "-c", 'cp "$0" "$1" && sync "$1"', src, os.path.join(w, "out_cps.pt")],
          os.path.join(w, "out_cps.pt")),
     ]
+    # Round robin: a busy machine slows every tool of a round alike, rather than whichever ran during the burst.
+    runs = {name: [] for name, _, _ in tools}
+    sizes = {}
+    for r in range(args.runs + 1):
+        for name, cmd, out in tools:
+            t = timed(cmd, out)
+            sizes[name] = os.path.getsize(out)
+            if r > 0:  # round 0 warms the page cache
+                runs[name].append(t)
+        print("  round %d done" % r, flush=True)
     results = {}
-    for name, cmd, out in tools:
-        timed(cmd, out)  # warm-up
-        runs = [timed(cmd, out) for _ in range(args.runs)]
-        results[name] = (statistics.median(r[0] for r in runs), max(r[1] for r in runs), os.path.getsize(out))
-        print("  %-36s %s" % (name, ", ".join("%.2f s" % r[0] for r in runs)), flush=True)
+    for name, _, _ in tools:
+        rr = runs[name]
+        results[name] = (statistics.median(x[0] for x in rr), max(x[1] for x in rr), sizes[name],
+                         statistics.median(x[2] for x in rr))
+        print("  %-36s %s" % (name, ", ".join("%.2f s" % x[0] for x in rr)))
     # the export is what the script writes
     check = subprocess.run([PYTHON, "-c", r'''
 import sys, torch
@@ -117,11 +128,11 @@ print("same %d tensors" % len(a))''', os.path.join(w, "out_ckpt.pt"), os.path.jo
     src_size = os.path.getsize(src)
     print("\nsource: %s, %.2f GB (%d model + %d optimizer tensors, storages on cuda:0)"
           % (src, src_size / 1e9, MODEL_TENSORS, OPT_TENSORS))
-    print("%-36s %10s %10s %12s %10s" % ("tool", "wall s", "peak MB", "output GB", "vs export"))
+    print("%-36s %10s %10s %10s %12s %10s" % ("tool", "wall s", "CPU s", "peak MB", "output GB", "vs export"))
     base = results["ckpt export (remap + filter)"][0]
-    for name, (wall, peak, size) in results.items():
-        print("%-36s %10.2f %10.1f %12.2f %9.2fx" % (name, wall, peak, size / 1e9, wall / base))
-    exp_wall, exp_peak, _ = results["ckpt export (remap + filter)"]
+    for name, (wall, peak, size, cpu) in results.items():
+        print("%-36s %10.2f %10.2f %10.1f %12.2f %9.2fx" % (name, wall, cpu, peak, size / 1e9, wall / base))
+    exp_wall, exp_peak, _, _ = results["ckpt export (remap + filter)"]
     cp_wall = results["cp"][0]
     cps_wall = results["cp + sync FILE"][0]
     script_wall = results["torch script (load, filter, save)"][0]
