@@ -171,6 +171,13 @@ class ExportTest(CkptTestCase):
         self.assertEqual(got["weight"].data_ptr(), got["weight_t"].data_ptr(), "a view is no longer a view")
         self.assertEqual(got["weight_t"].stride(), (1, 4))
         self.assertEqual(sha256(src), before)
+        with zipfile.ZipFile(dst) as z, open(dst, "rb") as f:  # CRCs as a zip tool checks them, aligned data
+            self.assertIsNone(z.testzip())
+            for info in z.infolist():
+                if "/data/" in info.filename:
+                    f.seek(info.header_offset + 26)
+                    name_len, extra_len = struct.unpack("<HH", f.read(4))
+                    self.assertEqual((info.header_offset + 30 + name_len + extra_len) % 64, 0, info.filename)
         ls = self.ckpt_json("ls", dst)
         self.assertEqual({e["device"] for e in ls["tensors"]}, {"cpu"})
 
