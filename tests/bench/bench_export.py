@@ -3,7 +3,7 @@
 the same (torch.load with map_location, filter, torch.save) and against `cp` of the file, with peak memory.
 
 Usage:
-    /usr/bin/python3 tests/bench/bench_export.py --ckpt build/dev/app/ckpt/ckpt [--workdir DIR] [--keep] [--runs N]
+    /usr/bin/python3 tests/bench/bench_export.py --ckpt build/dev/app/ckpt [--workdir DIR] [--keep] [--runs N]
 
 The checkpoint is written by the real PyTorch with every storage tagged cuda:0 (as a GPU training run saves
 it): 800 model tensors and 200 optimizer tensors of 512 x 1049 float32 (2.15 GB). Each tool runs in a fresh
