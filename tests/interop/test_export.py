@@ -478,6 +478,27 @@ class ExportTest(CkptTestCase):
         self.assertIn("the destination folder '%s' does not exist" % workfile("no_such_dir"), proc.stderr.decode())
         self.assertEqual(sha256(src), before)
 
+    def test_not_enough_space(self):
+        """A 256 KiB tmpfs in a private mount namespace (unprivileged user namespaces) for the destination."""
+        src = workfile("space_src.pt")
+        torch.save({"w": torch.zeros(1024, 1024)}, src)
+        small = workfile("small_fs")
+        os.makedirs(small, exist_ok=True)
+        probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=256k tmpfs \"$0\"", small],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if probe.returncode != 0:
+            self.skipTest("cannot mount a small tmpfs here: %s" % probe.stderr.decode().strip())
+        dst = os.path.join(small, "out.pt")
+        proc = subprocess.run(["unshare", "-rm", "sh", "-c",
+                               'mount -t tmpfs -o size=256k tmpfs "$0" && "$1" export "$2" -o "$3"; echo "rc=$?"; '
+                               'ls -A "$0"', small, common.CKPT, src, dst],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=common.RUN_TIMEOUT)
+        out = proc.stdout.decode().split()
+        self.assertEqual(out, ["rc=2"], "exit status and files left in the small file system")
+        self.assertRegex(proc.stderr.decode(),
+                         r"^ckpt: %s: not enough free space in '%s': the export needs \d+ bytes, 262144 are "
+                         r"available\n$" % (dst, small))
+
 
 if __name__ == "__main__":
     common.main()
