@@ -268,6 +268,8 @@ ExportDialog::ExportDialog(LoadedPtr loaded, QWidget* parent)
     m_strip = new QLineEdit(this);
     m_strip->setPlaceholderText(tr("e.g. module."));
     m_addPrefix = new QLineEdit(this);
+    m_rename = new QLineEdit(this);
+    m_rename->setPlaceholderText(tr("REGEX=REPLACEMENT, e.g. ^enc\\.=encoder."));
     m_deviceMap = new QLineEdit(this);
     m_deviceMap->setPlaceholderText(tr("FROM=TO, e.g. cuda:0=cpu or *=cpu"));
     m_dtype = new QComboBox(this);
@@ -292,6 +294,7 @@ ExportDialog::ExportDialog(LoadedPtr loaded, QWidget* parent)
     form->addRow(tr("Include:"), m_include);
     form->addRow(tr("Exclude:"), m_exclude);
     form->addRow(tr("Strip prefix:"), m_strip);
+    form->addRow(tr("Rename:"), m_rename);
     form->addRow(tr("Add prefix:"), m_addPrefix);
     form->addRow(tr("Devices:"), m_deviceMap);
     form->addRow(tr("Cast floats to:"), m_dtype);
@@ -364,7 +367,7 @@ ExportDialog::ExportDialog(LoadedPtr loaded, QWidget* parent)
     connect(m_previewWatcher, &QFutureWatcher<Preview>::finished, this, &ExportDialog::showPreview);
 
     connect(m_model, &ExportSelectionModel::selectionChanged, this, &ExportDialog::schedulePreview);
-    for (QLineEdit* e : {m_include, m_exclude, m_strip, m_addPrefix, m_deviceMap, m_keepDtype})
+    for (QLineEdit* e : {m_include, m_exclude, m_strip, m_rename, m_addPrefix, m_deviceMap, m_keepDtype})
         connect(e, &QLineEdit::textChanged, this, &ExportDialog::schedulePreview);
     for (QComboBox* c : {m_preset, m_dtype, m_format})
         connect(c, &QComboBox::currentIndexChanged, this, &ExportDialog::schedulePreview);
@@ -400,6 +403,12 @@ ExportOptions ExportDialog::options() const {
     o.weightsOnly = m_preset->currentIndex() == 1;
     o.stripPrefixes = splitList(m_strip->text());
     o.addPrefix = m_addPrefix->text().trimmed().toStdString();
+    for (const std::string& r : splitList(m_rename->text())) {
+        const auto eq = r.find('=');
+        if (eq == std::string::npos || eq == 0)
+            throw Error(ErrorCode::Malformed, "rename '" + r + "' is not of the form REGEX=REPLACEMENT");
+        o.regexRenames.emplace_back(r.substr(0, eq), r.substr(eq + 1));
+    }
     for (const std::string& m : splitList(m_deviceMap->text()))
         o.deviceMap.push_back(parseDeviceMapping(m)); // throws for a pair without '='
     const QString d = m_dtype->currentData().toString();

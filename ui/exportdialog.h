@@ -97,6 +97,7 @@ public:
     QLineEdit* excludeEdit() const { return m_exclude; }
     QLineEdit* stripEdit() const { return m_strip; }
     QLineEdit* addPrefixEdit() const { return m_addPrefix; }
+    QLineEdit* renameEdit() const { return m_rename; }
     QLineEdit* deviceMapEdit() const { return m_deviceMap; }
     QLineEdit* keepDtypeEdit() const { return m_keepDtype; }
     QCheckBox* keepValuesBox() const { return m_keepValues; }
@@ -138,6 +139,7 @@ private:
     QLineEdit* m_exclude;
     QLineEdit* m_strip;
     QLineEdit* m_addPrefix;
+    QLineEdit* m_rename;
     QLineEdit* m_deviceMap;
     QComboBox* m_dtype;
     QLineEdit* m_keepDtype;

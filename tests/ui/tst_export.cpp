@@ -131,6 +131,16 @@ private Q_SLOTS:
         QCOMPARE(previewDtype(d, QStringLiteral("layers.0.norm.weight")), QStringLiteral("float32")); // kept
         QCOMPARE(previewDtype(d, QStringLiteral("layers.0.attn.weight")), QStringLiteral("bfloat16"));
 
+        d.renameEdit()->setText(QStringLiteral("^layers\\.(\\d+)\\.=blocks.$1."));
+        settle(d);
+        QVERIFY(previewKeys(d).contains(QStringLiteral("blocks.0.norm.weight")));
+        QVERIFY(!previewKeys(d).contains(QStringLiteral("layers.0.norm.weight")));
+        d.renameEdit()->setText(QStringLiteral("^layers\\.\\d+\\.=x."));
+        settle(d);
+        QVERIFY2(d.summaryLabel()->text().contains(QStringLiteral("would both be written as")),
+                 qPrintable(d.summaryLabel()->text()));
+        QVERIFY(!d.exportButton()->isEnabled());
+        d.renameEdit()->clear();
         d.includeEdit()->setText(QStringLiteral("re:("));
         settle(d);
         QVERIFY2(d.summaryLabel()->text().contains(QStringLiteral("invalid regular expression")),
