@@ -276,6 +276,16 @@ class ExportTest(CkptTestCase):
         self.export(src, dst, "--rename", "^enc\\.(weight|bias)$=encoder.proj.$1", "--add-prefix", "backbone.")
         expected = {"backbone." + (("encoder.proj." + k[4:]) if k.startswith("enc.") else k): v for k, v in sd.items()}
         self.assert_same(torch.load(dst, weights_only=True), expected)
+        # --dry-run lists the same keys with their shapes and dtypes, and writes nothing
+        dry = workfile("renamed_dry.pt")
+        proc = self.export(src, dry, "--rename", "^enc\\.(weight|bias)$=encoder.proj.$1", "--add-prefix",
+                           "backbone.", "--dry-run")
+        rows = [line.split("\t") for line in proc.stdout.decode().splitlines()[:-1]]
+        self.assertEqual([r[0] for r in rows], list(expected))
+        for r in rows:
+            self.assertEqual(r[1], str(list(expected[r[0]].shape)))
+            self.assertEqual(r[2], common.dtype_name(expected[r[0]].dtype))
+        self.assertFalse(os.path.exists(dry))
 
     def test_tied_weights_stay_tied(self):
         torch.manual_seed(3)
