@@ -1,6 +1,7 @@
 #include "mainwindow.h"
 
 #include "checkpointview.h"
+#include "exportdialog.h"
 
 #include <QAction>
 #include <QApplication>
@@ -49,6 +50,8 @@ MainWindow::MainWindow(QWidget* parent)
     });
     QAction* close = file->addAction(tr("&Close"), QKeySequence::Close, this,
                                      [this] { closeTab(m_tabs->currentIndex()); });
+    QAction* exportAction = file->addAction(tr("&Export…"), QKeySequence(Qt::CTRL | Qt::SHIFT | Qt::Key_S),
+                                            this, &MainWindow::exportDialog);
     file->addSeparator();
     file->addAction(tr("&Quit"), QKeySequence::Quit, this, &QWidget::close);
 
@@ -70,7 +73,7 @@ MainWindow::MainWindow(QWidget* parent)
         if (auto* v = currentView())
             v->showValues();
     });
-    m_viewActions = {reload, close, copy, find, stats, values};
+    m_viewActions = {reload, close, copy, find, stats, values, exportAction};
 
     QMenu* help = menuBar()->addMenu(tr("&Help"));
     help->addAction(tr("&About"), this, [this] {
@@ -88,6 +91,18 @@ MainWindow::MainWindow(QWidget* parent)
     rebuildRecentMenu();
     updateActions();
     statusBar()->showMessage(tr("Ready"));
+}
+
+ExportDialog* MainWindow::exportDialog() {
+    CheckpointView* v = currentView();
+    if (!v || !v->loaded()) {
+        statusBar()->showMessage(tr("Nothing to export: the checkpoint is not open yet"), 5000);
+        return nullptr;
+    }
+    auto* dialog = new ExportDialog(v->loaded(), this);
+    dialog->setAttribute(Qt::WA_DeleteOnClose);
+    dialog->open();
+    return dialog;
 }
 
 CheckpointView* MainWindow::currentView() const {

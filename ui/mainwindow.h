@@ -9,6 +9,7 @@ class QTabWidget;
 namespace ckpt::ui {
 
 class CheckpointView;
+class ExportDialog;
 
 // The browser window: one tab per open checkpoint, File > Open / Open Recent / Reload, drag and drop,
 // window state kept across runs.
@@ -21,6 +22,8 @@ public:
     CheckpointView* currentView() const;
     QTabWidget* tabs() const { return m_tabs; }
     QStringList recentFiles() const;
+    // File > Export…: a dialog on the current checkpoint (deleted when closed), or null when none is open.
+    ExportDialog* exportDialog();
 
 protected:
     void closeEvent(QCloseEvent* event) override;
