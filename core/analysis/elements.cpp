@@ -71,6 +71,11 @@ struct ConvertJob {
 
 } // namespace
 
+namespace {
+void runConvert(void* ctx);
+void convertOrThrow(ConvertJob& job, const MappedFile& file, const std::string& tensor);
+} // namespace
+
 double halfToDouble(std::uint16_t h) {
     if (((h >> 10) & 31) == 31)
         return (h & 0x3FF) ? NAN : ((h & 0x8000) ? -INFINITY : INFINITY);
@@ -105,6 +110,10 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
     const std::string& fileName = m_ck->sources.empty() ? std::string() : m_ck->sources.front().path;
     if (!m_tensor.error.empty())
         throw Error(ErrorCode::Malformed, m_tensor.error, fileName, {}, m_tensor.name);
+    if (m_tensor.chunkSet >= 0) {
+        initChunks(fileName);
+        return;
+    }
     if (m_tensor.storage < 0 || static_cast<std::size_t>(m_tensor.storage) >= m_ck->storages.size())
         throw Error(ErrorCode::Unsupported,
                     m_tensor.layout == Layout::Strided ? std::string("tensor has no data in the file")
@@ -176,6 +185,151 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
         load(q.scalesTensor, m_scales);
         load(q.zeroPointsTensor, m_zeroPoints);
     }
+}
+
+void TensorReader::initChunks(const std::string& fileName) {
+    if (static_cast<std::size_t>(m_tensor.chunkSet) >= m_ck->chunkSets.size())
+        throw Error(ErrorCode::Malformed, "the tensor's chunk list is missing", fileName, {}, m_tensor.name);
+    const auto& set = m_ck->chunkSets[static_cast<std::size_t>(m_tensor.chunkSet)];
+    const std::size_t nd = m_tensor.shape.size();
+    m_numel = m_tensor.numel();
+    // Dimensions from `keep` on are whole in every chunk.
+    std::size_t keep = nd;
+    while (keep > 0) {
+        const std::size_t d = keep - 1;
+        const bool whole = std::all_of(set.begin(), set.end(), [&](const TensorChunk& c) {
+            return c.offsets.size() == nd && c.part.shape.size() == nd && c.offsets[d] == 0 &&
+                   c.part.shape[d] == m_tensor.shape[d];
+        });
+        if (!whole)
+            break;
+        keep = d;
+    }
+    std::int64_t inner = 1;
+    for (std::size_t d = keep; d < nd; ++d)
+        inner *= m_tensor.shape[d];
+    const std::size_t last = keep == 0 ? 0 : keep - 1;
+    m_dims.assign(m_tensor.shape.begin(), m_tensor.shape.begin() + static_cast<std::ptrdiff_t>(last));
+    m_dims.push_back((keep == 0 ? 1 : m_tensor.shape[last]) * inner);
+    for (const auto& c : set) {
+        if (c.offsets.size() != nd || c.part.shape.size() != nd)
+            throw Error(ErrorCode::Malformed, "a chunk's rank differs from the tensor's", fileName, {},
+                        m_tensor.name);
+        if (c.part.numel() == 0)
+            continue;
+        Part p;
+        p.offsets.assign(c.offsets.begin(), c.offsets.begin() + static_cast<std::ptrdiff_t>(last));
+        p.sizes.assign(c.part.shape.begin(), c.part.shape.begin() + static_cast<std::ptrdiff_t>(last));
+        p.offsets.push_back(keep == 0 ? 0 : c.offsets[last] * inner);
+        p.sizes.push_back((keep == 0 ? 1 : c.part.shape[last]) * inner);
+        p.reader = std::make_shared<TensorReader>(m_ck, c.part);
+        m_parts.push_back(std::move(p));
+    }
+    std::sort(m_parts.begin(), m_parts.end(),
+              [](const Part& a, const Part& b) { return a.offsets < b.offsets; });
+    std::uint64_t covered = 0;
+    for (const auto& p : m_parts)
+        covered += p.reader->numel();
+    if (covered != m_numel)
+        throw Error(ErrorCode::Malformed,
+                    "the chunks cover " + std::to_string(covered) + " of " + std::to_string(m_numel) +
+                        " elements",
+                    fileName, {}, m_tensor.name);
+}
+
+const TensorReader::Part& TensorReader::partOf(std::uint64_t index, std::uint64_t* local) const {
+    std::vector<std::int64_t> at(m_dims.size());
+    for (std::size_t d = m_dims.size(); d-- > 0;) {
+        const auto size = static_cast<std::uint64_t>(m_dims[d]);
+        at[d] = static_cast<std::int64_t>(index % size);
+        index /= size;
+    }
+    for (const auto& p : m_parts) {
+        bool inside = true;
+        for (std::size_t d = 0; d < at.size() && inside; ++d)
+            inside = at[d] >= p.offsets[d] && at[d] < p.offsets[d] + p.sizes[d];
+        if (!inside)
+            continue;
+        std::uint64_t l = 0;
+        for (std::size_t d = 0; d < at.size(); ++d)
+            l = l * static_cast<std::uint64_t>(p.sizes[d]) + static_cast<std::uint64_t>(at[d] - p.offsets[d]);
+        *local = l;
+        return p;
+    }
+    throw Error(ErrorCode::Malformed, "no chunk holds element " + std::to_string(index), {}, {},
+                m_tensor.name);
+}
+
+void TensorReader::readRun(std::uint64_t first, std::size_t n, double* out) const {
+    if (!m_parts.empty() || m_tensor.strides.size() != m_tensor.shape.size() || !m_tensor.isContiguous() ||
+        isBlockDType(m_tensor.dtype)) {
+        for (std::size_t i = 0; i < n; ++i)
+            out[i] = element(first + i);
+        return;
+    }
+    const auto elsize = static_cast<std::int64_t>(dtypeSize(m_tensor.dtype));
+    const std::uint64_t at = byteOffsetOf(first);
+    ConvertJob job{this, m_file->data() + at, elsize, n, first, out};
+    convertOrThrow(job, *m_file, m_tensor.name);
+    if (n * static_cast<std::uint64_t>(elsize) >= (1u << 20))
+        m_file->release(at, n * static_cast<std::uint64_t>(elsize));
+}
+
+bool TensorReader::forEachPartChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
+                                    std::size_t chunk) const {
+    chunk = std::max<std::size_t>(chunk, 1);
+    std::vector<double> buffer(chunk);
+    std::size_t filled = 0;
+    std::uint64_t bufferFirst = 0, index = 0;
+    auto flush = [&]() {
+        if (filled == 0)
+            return true;
+        const bool go = fn(std::span<const double>(buffer.data(), filled), bufferFirst);
+        bufferFirst += filled;
+        filled = 0;
+        return go;
+    };
+    const std::size_t nd = m_dims.size();
+    std::vector<std::int64_t> outer(nd - 1, 0);
+    std::vector<const Part*> row;
+    while (index < m_numel) {
+        row.clear();
+        for (const auto& p : m_parts) {
+            bool inside = true;
+            for (std::size_t d = 0; d + 1 < nd && inside; ++d)
+                inside = outer[d] >= p.offsets[d] && outer[d] < p.offsets[d] + p.sizes[d];
+            if (inside)
+                row.push_back(&p);
+        }
+        std::sort(row.begin(), row.end(),
+                  [](const Part* a, const Part* b) { return a->offsets.back() < b->offsets.back(); });
+        for (const Part* p : row) {
+            std::uint64_t local = 0;
+            for (std::size_t d = 0; d + 1 < nd; ++d)
+                local = local * static_cast<std::uint64_t>(p->sizes[d]) +
+                        static_cast<std::uint64_t>(outer[d] - p->offsets[d]);
+            local *= static_cast<std::uint64_t>(p->sizes.back());
+            for (std::uint64_t done = 0, run = static_cast<std::uint64_t>(p->sizes.back()); done < run;) {
+                const std::size_t n =
+                    static_cast<std::size_t>(std::min<std::uint64_t>(chunk - filled, run - done));
+                p->reader->readRun(local + done, n, buffer.data() + filled);
+                filled += n;
+                done += n;
+                index += n;
+                if (filled == chunk && !flush())
+                    return false;
+            }
+        }
+        if (row.empty())
+            throw Error(ErrorCode::Malformed, "no chunk holds element " + std::to_string(index), {}, {},
+                        m_tensor.name);
+        for (std::size_t d = nd - 1; d-- > 0;) {
+            if (++outer[d] < m_dims[d])
+                break;
+            outer[d] = 0;
+        }
+    }
+    return flush();
 }
 
 void TensorReader::convert(const std::uint8_t* src, std::int64_t sb, std::size_t n, std::uint64_t first,
@@ -379,17 +533,16 @@ std::uint64_t TensorReader::byteOffsetOf(std::uint64_t index) const {
     return m_base + el * dtypeSize(m_tensor.dtype);
 }
 
-namespace {
-void runConvert(void* ctx);
-void convertOrThrow(ConvertJob& job, const MappedFile& file, const std::string& tensor);
-} // namespace
-
 double TensorReader::element(std::uint64_t index) const {
     if (index >= m_numel)
         throw Error(ErrorCode::OutOfBounds,
                     "element index " + std::to_string(index) + " is past the end (" +
                         std::to_string(m_numel) + " elements)",
                     {}, {}, m_tensor.name);
+    if (!m_parts.empty()) {
+        std::uint64_t local = 0;
+        return partOf(index, &local).reader->element(local);
+    }
     double out = 0;
     ConvertJob job{this, m_file->data() + byteOffsetOf(index), 0, 1, index, &out};
     convertOrThrow(job, *m_file, m_tensor.name);
@@ -402,6 +555,10 @@ std::complex<double> TensorReader::elementComplex(std::uint64_t index) const {
         return {element(index), 0.0};
     if (index >= m_numel)
         throw Error(ErrorCode::OutOfBounds, "element index past the end", {}, {}, m_tensor.name);
+    if (!m_parts.empty()) {
+        std::uint64_t local = 0;
+        return partOf(index, &local).reader->elementComplex(local);
+    }
     const std::uint64_t off = byteOffsetOf(index);
     std::uint8_t raw[16];
     const std::size_t size = dtypeSize(dt);
@@ -442,6 +599,8 @@ bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>
                                 std::size_t chunk) const {
     if (m_numel == 0)
         return true;
+    if (m_tensor.chunkSet >= 0)
+        return forEachPartChunk(fn, chunk);
     if (isBlockDType(m_tensor.dtype))
         return forEachBlockChunk(fn, chunk);
     const std::size_t elsize = dtypeSize(m_tensor.dtype);

@@ -18,6 +18,8 @@ using ProgressFn = std::function<bool(std::uint64_t done, std::uint64_t total)>;
 // their magnitude (elementComplex() gives both parts). Only the bytes asked for are touched.
 // ggml block types: q8_0 and q4_0 are dequantized exactly as ggml does (contiguous tensors); the others
 // are refused with Error(Unsupported) "statistics of <type> tensors are not supported".
+// A tensor assembled from chunks (TensorInfo::chunkSet, distributed checkpoints) is read through one reader
+// per chunk, in the whole tensor's row-major order.
 class TensorReader {
 public:
     // Throws Error when the tensor has no readable data (its `error`), or its file changed on disk.
@@ -40,6 +42,17 @@ public:
                     std::uint64_t firstIndex, double* out) const;
 
 private:
+    struct Part {
+        std::vector<std::int64_t> offsets, sizes; // in m_dims
+        std::shared_ptr<TensorReader> reader;
+    };
+    void initChunks(const std::string& fileName);
+    // Chunked tensors: the chunk holding a row-major element of the whole tensor, and the index in it.
+    const Part& partOf(std::uint64_t index, std::uint64_t* local) const;
+    bool forEachPartChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
+                          std::size_t chunk) const;
+    // n consecutive row-major elements starting at `first`.
+    void readRun(std::uint64_t first, std::size_t n, double* out) const;
     std::uint64_t byteOffsetOf(std::uint64_t index) const;
     bool forEachBlockChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
                            std::size_t chunk) const;
@@ -56,6 +69,10 @@ private:
     std::vector<std::int64_t> m_zeroPoints;
     std::uint64_t m_channelInner = 1; // elements per step along the quantization axis
     std::uint64_t m_blockOffset = 0;  // ggml block types: bytes from the storage start to the first block
+    // Chunked tensors: the shape with the trailing dimensions that no chunk splits merged into one (so a
+    // tensor split along its first dimension is one run per chunk), and the chunks in it.
+    std::vector<std::int64_t> m_dims;
+    std::vector<Part> m_parts;
 };
 
 // Exact conversions of the narrow float formats, exposed for tests.

@@ -72,6 +72,7 @@ struct TensorInfo {
     std::string typeName; // tensor subclass, when saved as one
     QuantInfo quant;
     int proto = -1;    // which reconstructed tensor object this name refers to
+    int chunkSet = -1; // index into Checkpoint::chunkSets when the values are assembled from chunks (DCP)
     std::string error; // why the tensor's values cannot be read
 
     std::uint64_t numel() const;
@@ -83,6 +84,13 @@ struct TensorInfo {
 struct NamedValue {
     std::string name;
     const Value* value = nullptr;
+};
+
+// A piece of a tensor stored on its own (a rank's shard of a distributed checkpoint): its place in the
+// whole tensor and the tensor holding its values.
+struct TensorChunk {
+    std::vector<std::int64_t> offsets; // per dimension, in the whole tensor
+    TensorInfo part;                   // shape = the chunk's sizes; its own storage
 };
 
 struct Record {
@@ -103,6 +111,7 @@ struct Checkpoint {
     std::map<int, TensorInfo>
         helperTensors; // tensors that others need but that have no name (quantization scales)
     std::vector<StorageInfo> storages;
+    std::vector<std::vector<TensorChunk>> chunkSets; // tensors whose values are assembled from chunks
     std::vector<NamedValue> values;
     std::vector<Record> records;
     std::vector<Finding> findings;
