@@ -1,5 +1,7 @@
 #include "elements.h"
 
+#include "formats/tfbundle.h" // crc32c()
+
 #include "io/bytereader.h"
 
 #include <array>
@@ -595,10 +597,44 @@ void TensorReader::convertJob(const std::uint8_t* src, std::int64_t strideBytes,
     convert(src, strideBytes, n, firstIndex, out);
 }
 
+void TensorReader::verifyChecksum() const {
+    if (m_checksumVerified || !m_file || m_tensor.storage < 0)
+        return;
+    verifyStorageChecksum(m_ck, m_tensor);
+    m_checksumVerified = true;
+}
+
+void verifyStorageChecksum(const CheckpointPtr& ck, const TensorInfo& tensor) {
+    if (tensor.storage < 0 || static_cast<std::size_t>(tensor.storage) >= ck->storages.size())
+        return;
+    const StorageInfo& s = ck->storages[static_cast<std::size_t>(tensor.storage)];
+    if (!s.crc32c || static_cast<std::size_t>(s.source) >= ck->sources.size())
+        return;
+    const Source& src = ck->sources[static_cast<std::size_t>(s.source)];
+    // pread in pieces: the check leaves nothing in our resident set.
+    std::vector<std::uint8_t> buffer(std::min<std::uint64_t>(s.nbytes, 4u << 20));
+    std::uint32_t crc = 0;
+    for (std::uint64_t done = 0; done < s.nbytes;) {
+        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), s.nbytes - done));
+        if (!src.file->readAt(s.fileOffset + done, n, buffer.data()))
+            throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it",
+                        src.path, s.fileOffset + done, tensor.name);
+        crc = crc32c({buffer.data(), n}, crc);
+        done += n;
+    }
+    if (crc != *s.crc32c)
+        throw Error(ErrorCode::Malformed,
+                    "checksum does not match: stored " + std::to_string(*s.crc32c) + " vs. calculated " +
+                        std::to_string(crc) + " on the " + std::to_string(s.nbytes) + " bytes of tensor '" +
+                        tensor.name + "'",
+                    src.path, s.fileOffset, tensor.name);
+}
+
 bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
                                 std::size_t chunk) const {
     if (m_numel == 0)
         return true;
+    verifyChecksum();
     if (m_tensor.chunkSet >= 0)
         return forEachPartChunk(fn, chunk);
     if (isBlockDType(m_tensor.dtype))

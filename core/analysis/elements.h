@@ -37,6 +37,12 @@ public:
     bool forEachChunk(const std::function<bool(std::span<const double> values, std::uint64_t firstIndex)>& fn,
                       std::size_t chunk = 16384) const;
 
+    // Storages that carry a checksum of their bytes (TensorFlow bundles): compares it with the bytes in the
+    // file, once per reader, and throws Error(Malformed) naming the file, the tensor and both checksums when
+    // they differ. forEachChunk() calls it before the first value; element() does not (one value would
+    // cost a pass over the whole storage).
+    void verifyChecksum() const;
+
     // Entry point for the SIGBUS-guarded conversion; not for general use.
     void convertJob(const std::uint8_t* src, std::int64_t strideBytes, std::size_t n,
                     std::uint64_t firstIndex, double* out) const;
@@ -73,7 +79,11 @@ private:
     // tensor split along its first dimension is one run per chunk), and the chunks in it.
     std::vector<std::int64_t> m_dims;
     std::vector<Part> m_parts;
+    mutable bool m_checksumVerified = false;
 };
+
+// The same check for code that reads a tensor's bytes without a TensorReader (the LibTorch statistics).
+void verifyStorageChecksum(const CheckpointPtr& checkpoint, const TensorInfo& tensor);
 
 // Exact conversions of the narrow float formats, exposed for tests.
 double halfToDouble(std::uint16_t h);

@@ -44,6 +44,7 @@ struct StorageInfo {
     std::string error;      // set when the bytes cannot be read (missing record, too short, compressed)
     std::uint8_t space = 0; // which pickle of an archive named it (TorchScript: 0 data.pkl, 1 constants.pkl)
     int viewOf = -1;        // legacy storage views: the storage this one is a slice of
+    std::optional<std::uint32_t> crc32c; // CRC-32C of the bytes as stored, checked when they are read (TF)
 };
 
 enum class Layout : std::uint8_t { Strided, SparseCoo, SparseCsr, Meta };
