@@ -126,7 +126,7 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
         throw Error(ErrorCode::Unsupported, "float4_e2m1fn_x2 packs two values per element; not converted",
                     fileName, {}, m_tensor.name);
     const bool block = isBlockDType(m_tensor.dtype);
-    if (block && m_tensor.dtype != DType::GgmlQ8_0 && m_tensor.dtype != DType::GgmlQ4_0)
+    if (block && !isDequantizedGgmlType(m_tensor.dtype))
         throw Error(ErrorCode::Unsupported,
                     "statistics of " + std::string(dtypeName(m_tensor.dtype)) + " tensors are not supported",
                     fileName, {}, m_tensor.name);
@@ -186,6 +186,171 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
         };
         load(q.scalesTensor, m_scales);
         load(q.zeroPointsTensor, m_zeroPoints);
+    }
+}
+
+namespace {
+
+float halfAt(const std::uint8_t* p) {
+    return static_cast<float>(halfToDouble(static_cast<std::uint16_t>(p[0] | (p[1] << 8))));
+}
+
+// ggml's K-quant scales: 6-bit scale and min j of 8, packed in 12 bytes (get_scale_min_k4 in ggml-quants.c).
+void scaleMinK4(int j, const std::uint8_t* q, std::uint8_t* d, std::uint8_t* m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = static_cast<std::uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = static_cast<std::uint8_t>((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
+    }
+}
+
+} // namespace
+
+// One block of a ggml type, as ggml's dequantize_row_<type> computes it (float arithmetic). Layouts
+// (ggml-common.h), f16 values little-endian:
+//   q4_1  {f16 d, f16 m, u8 qs[16]}                  x = d * nibble + m (low nibbles 0..15, high 16..31)
+//   q5_0  {f16 d, u32 qh, u8 qs[16]}                 x = d * ((nibble | bit of qh << 4) - 16)
+//   q5_1  {f16 d, f16 m, u32 qh, u8 qs[16]}          x = d * (nibble | bit of qh << 4) + m
+//   q8_1  {f16 d, f16 s, i8 qs[32]}                  x = d * q (s = d * sum(q) is not needed)
+//   q2_k  {u8 scales[16], u8 qs[64], f16 d, f16 dmin} 16 groups of 16: d * (sc & 15) * q2 - dmin * (sc >> 4)
+//   q4_k  {f16 d, f16 dmin, u8 scales[12], u8 qs[128]} 8 groups of 32: d * sc * q4 - dmin * m (6-bit sc, m)
+//   q5_k  {f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]}  as q4_k with a fifth bit from qh
+//   q6_k  {u8 ql[128], u8 qh[64], i8 scales[16], f16 d}  16 groups of 16: d * sc * (q6 - 32)
+//   q8_k  {f32 d, i8 qs[256], i16 bsums[16]}        x = d * q
+void dequantizeGgmlBlock(DType t, const std::uint8_t* b, float* y) {
+    switch (t) {
+    case DType::GgmlQ4_1:
+    case DType::GgmlQ5_0:
+    case DType::GgmlQ5_1: {
+        const bool hasMin = t != DType::GgmlQ5_0;
+        const float d = halfAt(b);
+        const float m = hasMin ? halfAt(b + 2) : 0.0f;
+        const std::uint8_t* p = b + (hasMin ? 4 : 2);
+        std::uint32_t qh = 0;
+        if (t != DType::GgmlQ4_1) {
+            qh = static_cast<std::uint32_t>(p[0]) | (static_cast<std::uint32_t>(p[1]) << 8) |
+                 (static_cast<std::uint32_t>(p[2]) << 16) | (static_cast<std::uint32_t>(p[3]) << 24);
+            p += 4;
+        }
+        for (int j = 0; j < 16; ++j) {
+            int x0 = p[j] & 0x0F, x1 = p[j] >> 4;
+            if (t != DType::GgmlQ4_1) {
+                x0 |= static_cast<int>(((qh >> j) << 4) & 0x10);
+                x1 |= static_cast<int>((qh >> (j + 12)) & 0x10);
+            }
+            if (t == DType::GgmlQ5_0) {
+                y[j] = static_cast<float>(x0 - 16) * d;
+                y[j + 16] = static_cast<float>(x1 - 16) * d;
+            } else {
+                y[j] = static_cast<float>(x0) * d + m;
+                y[j + 16] = static_cast<float>(x1) * d + m;
+            }
+        }
+        return;
+    }
+    case DType::GgmlQ8_1: {
+        const float d = halfAt(b);
+        for (int j = 0; j < 32; ++j)
+            y[j] = static_cast<float>(static_cast<std::int8_t>(b[4 + j])) * d;
+        return;
+    }
+    case DType::GgmlQ2_K: {
+        const std::uint8_t* sc = b;
+        const std::uint8_t* q = b + 16;
+        const float d = halfAt(b + 80), dmin = halfAt(b + 82);
+        int is = 0;
+        for (int n = 0; n < 256; n += 128) {
+            for (int shift = 0; shift < 8; shift += 2) {
+                for (int half = 0; half < 2; ++half) {
+                    const std::uint8_t s = sc[is++];
+                    const float dl = d * static_cast<float>(s & 0xF), ml = dmin * static_cast<float>(s >> 4);
+                    for (int l = 0; l < 16; ++l)
+                        *y++ = dl * static_cast<float>((q[l + 16 * half] >> shift) & 3) - ml;
+                }
+            }
+            q += 32;
+        }
+        return;
+    }
+    case DType::GgmlQ4_K:
+    case DType::GgmlQ5_K: {
+        const bool five = t == DType::GgmlQ5_K;
+        const float d = halfAt(b), dmin = halfAt(b + 2);
+        const std::uint8_t* scales = b + 4;
+        const std::uint8_t* qh = b + 16;
+        const std::uint8_t* q = b + (five ? 48 : 16);
+        std::uint8_t u1 = 1, u2 = 2;
+        for (int j = 0, is = 0; j < 256; j += 64, is += 2) {
+            std::uint8_t sc, m;
+            scaleMinK4(is, scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            scaleMinK4(is + 1, scales, &sc, &m);
+            const float d2 = d * sc, m2 = dmin * m;
+            for (int l = 0; l < 32; ++l)
+                *y++ = d1 * static_cast<float>((q[l] & 0xF) + (five && (qh[l] & u1) ? 16 : 0)) - m1;
+            for (int l = 0; l < 32; ++l)
+                *y++ = d2 * static_cast<float>((q[l] >> 4) + (five && (qh[l] & u2) ? 16 : 0)) - m2;
+            q += 32;
+            u1 = static_cast<std::uint8_t>(u1 << 2);
+            u2 = static_cast<std::uint8_t>(u2 << 2);
+        }
+        return;
+    }
+    case DType::GgmlQ6_K: {
+        const std::uint8_t* ql = b;
+        const std::uint8_t* qh = b + 128;
+        const auto* sc = reinterpret_cast<const std::int8_t*>(b + 192);
+        const float d = halfAt(b + 208);
+        for (int n = 0; n < 256; n += 128) {
+            for (int l = 0; l < 32; ++l) {
+                const int is = l / 16;
+                const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l] = d * static_cast<float>(sc[is]) * static_cast<float>(q1);
+                y[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
+                y[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
+                y[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4);
+            }
+            y += 128;
+            ql += 64;
+            qh += 32;
+            sc += 8;
+        }
+        return;
+    }
+    case DType::GgmlQ8_K: {
+        float d;
+        std::memcpy(&d, b, 4);
+        for (int j = 0; j < 256; ++j)
+            y[j] = d * static_cast<float>(static_cast<std::int8_t>(b[4 + j]));
+        return;
+    }
+    default:
+        for (std::size_t j = 0; j < dtypeBlockSize(t); ++j)
+            y[j] = NAN;
+    }
+}
+
+bool isDequantizedGgmlType(DType t) {
+    switch (t) {
+    case DType::GgmlQ8_0:
+    case DType::GgmlQ4_0:
+    case DType::GgmlQ4_1:
+    case DType::GgmlQ5_0:
+    case DType::GgmlQ5_1:
+    case DType::GgmlQ8_1:
+    case DType::GgmlQ2_K:
+    case DType::GgmlQ4_K:
+    case DType::GgmlQ5_K:
+    case DType::GgmlQ6_K:
+    case DType::GgmlQ8_K:
+        return true;
+    default:
+        return false;
     }
 }
 
@@ -494,11 +659,27 @@ void TensorReader::convert(const std::uint8_t* src, std::int64_t sb, std::size_t
     case DType::GgmlQ5_1:
     case DType::GgmlQ8_1:
     case DType::GgmlQ2_K:
-    case DType::GgmlQ3_K:
     case DType::GgmlQ4_K:
     case DType::GgmlQ5_K:
     case DType::GgmlQ6_K:
-    case DType::GgmlQ8_K:
+    case DType::GgmlQ8_K: {
+        // `src` is the block holding element `first`: decode block by block.
+        const std::size_t bs = dtypeBlockSize(dt), bytes = dtypeBlockBytes(dt);
+        float block[256];
+        std::size_t j = static_cast<std::size_t>(first % bs);
+        const std::uint8_t* b = src;
+        dequantizeGgmlBlock(dt, b, block);
+        for (std::size_t i = 0; i < n; ++i) {
+            if (j == bs) {
+                j = 0;
+                b += bytes;
+                dequantizeGgmlBlock(dt, b, block);
+            }
+            out[i] = static_cast<double>(block[j++]);
+        }
+        break;
+    }
+    case DType::GgmlQ3_K:
     case DType::GgmlIQ2_XXS:
     case DType::GgmlIQ2_XS:
     case DType::GgmlIQ3_XXS:

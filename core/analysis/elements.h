@@ -16,8 +16,9 @@ using ProgressFn = std::function<bool(std::uint64_t done, std::uint64_t total)>;
 // Reads a tensor's elements from its mapped storage, converting every dtype to double: booleans as 0/1,
 // integers exactly, float16 / bfloat16 / float8 exactly, quantized values dequantized, complex values as
 // their magnitude (elementComplex() gives both parts). Only the bytes asked for are touched.
-// ggml block types: q8_0 and q4_0 are dequantized exactly as ggml does (contiguous tensors); the others
-// are refused with Error(Unsupported) "statistics of <type> tensors are not supported".
+// ggml block types: q8_0, q4_0, q4_1, q5_0, q5_1, q8_1 and the K-quants q2_k, q4_k, q5_k, q6_k, q8_k are
+// dequantized exactly as ggml does (contiguous tensors); the others (q3_k, the i-quants, ...) are refused
+// with Error(Unsupported) "statistics of <type> tensors are not supported".
 // A tensor assembled from chunks (TensorInfo::chunkSet, distributed checkpoints) is read through one reader
 // per chunk, in the whole tensor's row-major order.
 class TensorReader {
@@ -84,6 +85,11 @@ private:
 
 // The same check for code that reads a tensor's bytes without a TensorReader (the LibTorch statistics).
 void verifyStorageChecksum(const CheckpointPtr& checkpoint, const TensorInfo& tensor);
+
+// ggml block types whose values TensorReader gives (q8_0, q4_0, q4_1, q5_0, q5_1, q8_1, q2_k, q4_k, q5_k,
+// q6_k, q8_k), and one block of them dequantized as ggml does: dtypeBlockSize(t) floats into `out`.
+bool isDequantizedGgmlType(DType t);
+void dequantizeGgmlBlock(DType t, const std::uint8_t* block, float* out);
 
 // Exact conversions of the narrow float formats, exposed for tests.
 double halfToDouble(std::uint16_t h);
