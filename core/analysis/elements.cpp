@@ -1,5 +1,7 @@
 #include "elements.h"
 
+#include "formats/tfbundle.h" // crc32c()
+
 #include "io/bytereader.h"
 
 #include <array>
@@ -71,6 +73,11 @@ struct ConvertJob {
 
 } // namespace
 
+namespace {
+void runConvert(void* ctx);
+void convertOrThrow(ConvertJob& job, const MappedFile& file, const std::string& tensor);
+} // namespace
+
 double halfToDouble(std::uint16_t h) {
     if (((h >> 10) & 31) == 31)
         return (h & 0x3FF) ? NAN : ((h & 0x8000) ? -INFINITY : INFINITY);
@@ -105,6 +112,10 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
     const std::string& fileName = m_ck->sources.empty() ? std::string() : m_ck->sources.front().path;
     if (!m_tensor.error.empty())
         throw Error(ErrorCode::Malformed, m_tensor.error, fileName, {}, m_tensor.name);
+    if (m_tensor.chunkSet >= 0) {
+        initChunks(fileName);
+        return;
+    }
     if (m_tensor.storage < 0 || static_cast<std::size_t>(m_tensor.storage) >= m_ck->storages.size())
         throw Error(ErrorCode::Unsupported,
                     m_tensor.layout == Layout::Strided ? std::string("tensor has no data in the file")
@@ -115,7 +126,7 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
         throw Error(ErrorCode::Unsupported, "float4_e2m1fn_x2 packs two values per element; not converted",
                     fileName, {}, m_tensor.name);
     const bool block = isBlockDType(m_tensor.dtype);
-    if (block && m_tensor.dtype != DType::GgmlQ8_0 && m_tensor.dtype != DType::GgmlQ4_0)
+    if (block && !isDequantizedGgmlType(m_tensor.dtype))
         throw Error(ErrorCode::Unsupported,
                     "statistics of " + std::string(dtypeName(m_tensor.dtype)) + " tensors are not supported",
                     fileName, {}, m_tensor.name);
@@ -176,6 +187,316 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
         load(q.scalesTensor, m_scales);
         load(q.zeroPointsTensor, m_zeroPoints);
     }
+}
+
+namespace {
+
+float halfAt(const std::uint8_t* p) {
+    return static_cast<float>(halfToDouble(static_cast<std::uint16_t>(p[0] | (p[1] << 8))));
+}
+
+// ggml's K-quant scales: 6-bit scale and min j of 8, packed in 12 bytes (get_scale_min_k4 in ggml-quants.c).
+void scaleMinK4(int j, const std::uint8_t* q, std::uint8_t* d, std::uint8_t* m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = static_cast<std::uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = static_cast<std::uint8_t>((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
+    }
+}
+
+} // namespace
+
+// One block of a ggml type, as ggml's dequantize_row_<type> computes it (float arithmetic). Layouts
+// (ggml-common.h), f16 values little-endian:
+//   q4_1  {f16 d, f16 m, u8 qs[16]}                  x = d * nibble + m (low nibbles 0..15, high 16..31)
+//   q5_0  {f16 d, u32 qh, u8 qs[16]}                 x = d * ((nibble | bit of qh << 4) - 16)
+//   q5_1  {f16 d, f16 m, u32 qh, u8 qs[16]}          x = d * (nibble | bit of qh << 4) + m
+//   q8_1  {f16 d, f16 s, i8 qs[32]}                  x = d * q (s = d * sum(q) is not needed)
+//   q2_k  {u8 scales[16], u8 qs[64], f16 d, f16 dmin} 16 groups of 16: d * (sc & 15) * q2 - dmin * (sc >> 4)
+//   q4_k  {f16 d, f16 dmin, u8 scales[12], u8 qs[128]} 8 groups of 32: d * sc * q4 - dmin * m (6-bit sc, m)
+//   q5_k  {f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]}  as q4_k with a fifth bit from qh
+//   q6_k  {u8 ql[128], u8 qh[64], i8 scales[16], f16 d}  16 groups of 16: d * sc * (q6 - 32)
+//   q8_k  {f32 d, i8 qs[256], i16 bsums[16]}        x = d * q
+void dequantizeGgmlBlock(DType t, const std::uint8_t* b, float* y) {
+    switch (t) {
+    case DType::GgmlQ4_1:
+    case DType::GgmlQ5_0:
+    case DType::GgmlQ5_1: {
+        const bool hasMin = t != DType::GgmlQ5_0;
+        const float d = halfAt(b);
+        const float m = hasMin ? halfAt(b + 2) : 0.0f;
+        const std::uint8_t* p = b + (hasMin ? 4 : 2);
+        std::uint32_t qh = 0;
+        if (t != DType::GgmlQ4_1) {
+            qh = static_cast<std::uint32_t>(p[0]) | (static_cast<std::uint32_t>(p[1]) << 8) |
+                 (static_cast<std::uint32_t>(p[2]) << 16) | (static_cast<std::uint32_t>(p[3]) << 24);
+            p += 4;
+        }
+        for (int j = 0; j < 16; ++j) {
+            int x0 = p[j] & 0x0F, x1 = p[j] >> 4;
+            if (t != DType::GgmlQ4_1) {
+                x0 |= static_cast<int>(((qh >> j) << 4) & 0x10);
+                x1 |= static_cast<int>((qh >> (j + 12)) & 0x10);
+            }
+            if (t == DType::GgmlQ5_0) {
+                y[j] = static_cast<float>(x0 - 16) * d;
+                y[j + 16] = static_cast<float>(x1 - 16) * d;
+            } else {
+                y[j] = static_cast<float>(x0) * d + m;
+                y[j + 16] = static_cast<float>(x1) * d + m;
+            }
+        }
+        return;
+    }
+    case DType::GgmlQ8_1: {
+        const float d = halfAt(b);
+        for (int j = 0; j < 32; ++j)
+            y[j] = static_cast<float>(static_cast<std::int8_t>(b[4 + j])) * d;
+        return;
+    }
+    case DType::GgmlQ2_K: {
+        const std::uint8_t* sc = b;
+        const std::uint8_t* q = b + 16;
+        const float d = halfAt(b + 80), dmin = halfAt(b + 82);
+        int is = 0;
+        for (int n = 0; n < 256; n += 128) {
+            for (int shift = 0; shift < 8; shift += 2) {
+                for (int half = 0; half < 2; ++half) {
+                    const std::uint8_t s = sc[is++];
+                    const float dl = d * static_cast<float>(s & 0xF), ml = dmin * static_cast<float>(s >> 4);
+                    for (int l = 0; l < 16; ++l)
+                        *y++ = dl * static_cast<float>((q[l + 16 * half] >> shift) & 3) - ml;
+                }
+            }
+            q += 32;
+        }
+        return;
+    }
+    case DType::GgmlQ4_K:
+    case DType::GgmlQ5_K: {
+        const bool five = t == DType::GgmlQ5_K;
+        const float d = halfAt(b), dmin = halfAt(b + 2);
+        const std::uint8_t* scales = b + 4;
+        const std::uint8_t* qh = b + 16;
+        const std::uint8_t* q = b + (five ? 48 : 16);
+        std::uint8_t u1 = 1, u2 = 2;
+        for (int j = 0, is = 0; j < 256; j += 64, is += 2) {
+            std::uint8_t sc, m;
+            scaleMinK4(is, scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            scaleMinK4(is + 1, scales, &sc, &m);
+            const float d2 = d * sc, m2 = dmin * m;
+            for (int l = 0; l < 32; ++l)
+                *y++ = d1 * static_cast<float>((q[l] & 0xF) + (five && (qh[l] & u1) ? 16 : 0)) - m1;
+            for (int l = 0; l < 32; ++l)
+                *y++ = d2 * static_cast<float>((q[l] >> 4) + (five && (qh[l] & u2) ? 16 : 0)) - m2;
+            q += 32;
+            u1 = static_cast<std::uint8_t>(u1 << 2);
+            u2 = static_cast<std::uint8_t>(u2 << 2);
+        }
+        return;
+    }
+    case DType::GgmlQ6_K: {
+        const std::uint8_t* ql = b;
+        const std::uint8_t* qh = b + 128;
+        const auto* sc = reinterpret_cast<const std::int8_t*>(b + 192);
+        const float d = halfAt(b + 208);
+        for (int n = 0; n < 256; n += 128) {
+            for (int l = 0; l < 32; ++l) {
+                const int is = l / 16;
+                const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l] = d * static_cast<float>(sc[is]) * static_cast<float>(q1);
+                y[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
+                y[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
+                y[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4);
+            }
+            y += 128;
+            ql += 64;
+            qh += 32;
+            sc += 8;
+        }
+        return;
+    }
+    case DType::GgmlQ8_K: {
+        float d;
+        std::memcpy(&d, b, 4);
+        for (int j = 0; j < 256; ++j)
+            y[j] = d * static_cast<float>(static_cast<std::int8_t>(b[4 + j]));
+        return;
+    }
+    default:
+        for (std::size_t j = 0; j < dtypeBlockSize(t); ++j)
+            y[j] = NAN;
+    }
+}
+
+bool isDequantizedGgmlType(DType t) {
+    switch (t) {
+    case DType::GgmlQ8_0:
+    case DType::GgmlQ4_0:
+    case DType::GgmlQ4_1:
+    case DType::GgmlQ5_0:
+    case DType::GgmlQ5_1:
+    case DType::GgmlQ8_1:
+    case DType::GgmlQ2_K:
+    case DType::GgmlQ4_K:
+    case DType::GgmlQ5_K:
+    case DType::GgmlQ6_K:
+    case DType::GgmlQ8_K:
+        return true;
+    default:
+        return false;
+    }
+}
+
+void TensorReader::initChunks(const std::string& fileName) {
+    if (static_cast<std::size_t>(m_tensor.chunkSet) >= m_ck->chunkSets.size())
+        throw Error(ErrorCode::Malformed, "the tensor's chunk list is missing", fileName, {}, m_tensor.name);
+    const auto& set = m_ck->chunkSets[static_cast<std::size_t>(m_tensor.chunkSet)];
+    const std::size_t nd = m_tensor.shape.size();
+    m_numel = m_tensor.numel();
+    // Dimensions from `keep` on are whole in every chunk.
+    std::size_t keep = nd;
+    while (keep > 0) {
+        const std::size_t d = keep - 1;
+        const bool whole = std::all_of(set.begin(), set.end(), [&](const TensorChunk& c) {
+            return c.offsets.size() == nd && c.part.shape.size() == nd && c.offsets[d] == 0 &&
+                   c.part.shape[d] == m_tensor.shape[d];
+        });
+        if (!whole)
+            break;
+        keep = d;
+    }
+    std::int64_t inner = 1;
+    for (std::size_t d = keep; d < nd; ++d)
+        inner *= m_tensor.shape[d];
+    const std::size_t last = keep == 0 ? 0 : keep - 1;
+    m_dims.assign(m_tensor.shape.begin(), m_tensor.shape.begin() + static_cast<std::ptrdiff_t>(last));
+    m_dims.push_back((keep == 0 ? 1 : m_tensor.shape[last]) * inner);
+    for (const auto& c : set) {
+        if (c.offsets.size() != nd || c.part.shape.size() != nd)
+            throw Error(ErrorCode::Malformed, "a chunk's rank differs from the tensor's", fileName, {},
+                        m_tensor.name);
+        if (c.part.numel() == 0)
+            continue;
+        Part p;
+        p.offsets.assign(c.offsets.begin(), c.offsets.begin() + static_cast<std::ptrdiff_t>(last));
+        p.sizes.assign(c.part.shape.begin(), c.part.shape.begin() + static_cast<std::ptrdiff_t>(last));
+        p.offsets.push_back(keep == 0 ? 0 : c.offsets[last] * inner);
+        p.sizes.push_back((keep == 0 ? 1 : c.part.shape[last]) * inner);
+        p.reader = std::make_shared<TensorReader>(m_ck, c.part);
+        m_parts.push_back(std::move(p));
+    }
+    std::sort(m_parts.begin(), m_parts.end(),
+              [](const Part& a, const Part& b) { return a.offsets < b.offsets; });
+    std::uint64_t covered = 0;
+    for (const auto& p : m_parts)
+        covered += p.reader->numel();
+    if (covered != m_numel)
+        throw Error(ErrorCode::Malformed,
+                    "the chunks cover " + std::to_string(covered) + " of " + std::to_string(m_numel) +
+                        " elements",
+                    fileName, {}, m_tensor.name);
+}
+
+const TensorReader::Part& TensorReader::partOf(std::uint64_t index, std::uint64_t* local) const {
+    std::vector<std::int64_t> at(m_dims.size());
+    for (std::size_t d = m_dims.size(); d-- > 0;) {
+        const auto size = static_cast<std::uint64_t>(m_dims[d]);
+        at[d] = static_cast<std::int64_t>(index % size);
+        index /= size;
+    }
+    for (const auto& p : m_parts) {
+        bool inside = true;
+        for (std::size_t d = 0; d < at.size() && inside; ++d)
+            inside = at[d] >= p.offsets[d] && at[d] < p.offsets[d] + p.sizes[d];
+        if (!inside)
+            continue;
+        std::uint64_t l = 0;
+        for (std::size_t d = 0; d < at.size(); ++d)
+            l = l * static_cast<std::uint64_t>(p.sizes[d]) + static_cast<std::uint64_t>(at[d] - p.offsets[d]);
+        *local = l;
+        return p;
+    }
+    throw Error(ErrorCode::Malformed, "no chunk holds element " + std::to_string(index), {}, {},
+                m_tensor.name);
+}
+
+void TensorReader::readRun(std::uint64_t first, std::size_t n, double* out) const {
+    if (!m_parts.empty() || m_tensor.strides.size() != m_tensor.shape.size() || !m_tensor.isContiguous() ||
+        isBlockDType(m_tensor.dtype)) {
+        for (std::size_t i = 0; i < n; ++i)
+            out[i] = element(first + i);
+        return;
+    }
+    const auto elsize = static_cast<std::int64_t>(dtypeSize(m_tensor.dtype));
+    const std::uint64_t at = byteOffsetOf(first);
+    ConvertJob job{this, m_file->data() + at, elsize, n, first, out};
+    convertOrThrow(job, *m_file, m_tensor.name);
+    if (n * static_cast<std::uint64_t>(elsize) >= (1u << 20))
+        m_file->release(at, n * static_cast<std::uint64_t>(elsize));
+}
+
+bool TensorReader::forEachPartChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
+                                    std::size_t chunk) const {
+    chunk = std::max<std::size_t>(chunk, 1);
+    std::vector<double> buffer(chunk);
+    std::size_t filled = 0;
+    std::uint64_t bufferFirst = 0, index = 0;
+    auto flush = [&]() {
+        if (filled == 0)
+            return true;
+        const bool go = fn(std::span<const double>(buffer.data(), filled), bufferFirst);
+        bufferFirst += filled;
+        filled = 0;
+        return go;
+    };
+    const std::size_t nd = m_dims.size();
+    std::vector<std::int64_t> outer(nd - 1, 0);
+    std::vector<const Part*> row;
+    while (index < m_numel) {
+        row.clear();
+        for (const auto& p : m_parts) {
+            bool inside = true;
+            for (std::size_t d = 0; d + 1 < nd && inside; ++d)
+                inside = outer[d] >= p.offsets[d] && outer[d] < p.offsets[d] + p.sizes[d];
+            if (inside)
+                row.push_back(&p);
+        }
+        std::sort(row.begin(), row.end(),
+                  [](const Part* a, const Part* b) { return a->offsets.back() < b->offsets.back(); });
+        for (const Part* p : row) {
+            std::uint64_t local = 0;
+            for (std::size_t d = 0; d + 1 < nd; ++d)
+                local = local * static_cast<std::uint64_t>(p->sizes[d]) +
+                        static_cast<std::uint64_t>(outer[d] - p->offsets[d]);
+            local *= static_cast<std::uint64_t>(p->sizes.back());
+            for (std::uint64_t done = 0, run = static_cast<std::uint64_t>(p->sizes.back()); done < run;) {
+                const std::size_t n =
+                    static_cast<std::size_t>(std::min<std::uint64_t>(chunk - filled, run - done));
+                p->reader->readRun(local + done, n, buffer.data() + filled);
+                filled += n;
+                done += n;
+                index += n;
+                if (filled == chunk && !flush())
+                    return false;
+            }
+        }
+        if (row.empty())
+            throw Error(ErrorCode::Malformed, "no chunk holds element " + std::to_string(index), {}, {},
+                        m_tensor.name);
+        for (std::size_t d = nd - 1; d-- > 0;) {
+            if (++outer[d] < m_dims[d])
+                break;
+            outer[d] = 0;
+        }
+    }
+    return flush();
 }
 
 void TensorReader::convert(const std::uint8_t* src, std::int64_t sb, std::size_t n, std::uint64_t first,
@@ -338,11 +659,27 @@ void TensorReader::convert(const std::uint8_t* src, std::int64_t sb, std::size_t
     case DType::GgmlQ5_1:
     case DType::GgmlQ8_1:
     case DType::GgmlQ2_K:
-    case DType::GgmlQ3_K:
     case DType::GgmlQ4_K:
     case DType::GgmlQ5_K:
     case DType::GgmlQ6_K:
-    case DType::GgmlQ8_K:
+    case DType::GgmlQ8_K: {
+        // `src` is the block holding element `first`: decode block by block.
+        const std::size_t bs = dtypeBlockSize(dt), bytes = dtypeBlockBytes(dt);
+        float block[256];
+        std::size_t j = static_cast<std::size_t>(first % bs);
+        const std::uint8_t* b = src;
+        dequantizeGgmlBlock(dt, b, block);
+        for (std::size_t i = 0; i < n; ++i) {
+            if (j == bs) {
+                j = 0;
+                b += bytes;
+                dequantizeGgmlBlock(dt, b, block);
+            }
+            out[i] = static_cast<double>(block[j++]);
+        }
+        break;
+    }
+    case DType::GgmlQ3_K:
     case DType::GgmlIQ2_XXS:
     case DType::GgmlIQ2_XS:
     case DType::GgmlIQ3_XXS:
@@ -379,17 +716,16 @@ std::uint64_t TensorReader::byteOffsetOf(std::uint64_t index) const {
     return m_base + el * dtypeSize(m_tensor.dtype);
 }
 
-namespace {
-void runConvert(void* ctx);
-void convertOrThrow(ConvertJob& job, const MappedFile& file, const std::string& tensor);
-} // namespace
-
 double TensorReader::element(std::uint64_t index) const {
     if (index >= m_numel)
         throw Error(ErrorCode::OutOfBounds,
                     "element index " + std::to_string(index) + " is past the end (" +
                         std::to_string(m_numel) + " elements)",
                     {}, {}, m_tensor.name);
+    if (!m_parts.empty()) {
+        std::uint64_t local = 0;
+        return partOf(index, &local).reader->element(local);
+    }
     double out = 0;
     ConvertJob job{this, m_file->data() + byteOffsetOf(index), 0, 1, index, &out};
     convertOrThrow(job, *m_file, m_tensor.name);
@@ -402,6 +738,10 @@ std::complex<double> TensorReader::elementComplex(std::uint64_t index) const {
         return {element(index), 0.0};
     if (index >= m_numel)
         throw Error(ErrorCode::OutOfBounds, "element index past the end", {}, {}, m_tensor.name);
+    if (!m_parts.empty()) {
+        std::uint64_t local = 0;
+        return partOf(index, &local).reader->elementComplex(local);
+    }
     const std::uint64_t off = byteOffsetOf(index);
     std::uint8_t raw[16];
     const std::size_t size = dtypeSize(dt);
@@ -438,10 +778,46 @@ void TensorReader::convertJob(const std::uint8_t* src, std::int64_t strideBytes,
     convert(src, strideBytes, n, firstIndex, out);
 }
 
+void TensorReader::verifyChecksum() const {
+    if (m_checksumVerified || !m_file || m_tensor.storage < 0)
+        return;
+    verifyStorageChecksum(m_ck, m_tensor);
+    m_checksumVerified = true;
+}
+
+void verifyStorageChecksum(const CheckpointPtr& ck, const TensorInfo& tensor) {
+    if (tensor.storage < 0 || static_cast<std::size_t>(tensor.storage) >= ck->storages.size())
+        return;
+    const StorageInfo& s = ck->storages[static_cast<std::size_t>(tensor.storage)];
+    if (!s.crc32c || static_cast<std::size_t>(s.source) >= ck->sources.size())
+        return;
+    const Source& src = ck->sources[static_cast<std::size_t>(s.source)];
+    // pread in pieces: the check leaves nothing in our resident set.
+    std::vector<std::uint8_t> buffer(std::min<std::uint64_t>(s.nbytes, 4u << 20));
+    std::uint32_t crc = 0;
+    for (std::uint64_t done = 0; done < s.nbytes;) {
+        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), s.nbytes - done));
+        if (!src.file->readAt(s.fileOffset + done, n, buffer.data()))
+            throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it",
+                        src.path, s.fileOffset + done, tensor.name);
+        crc = crc32c({buffer.data(), n}, crc);
+        done += n;
+    }
+    if (crc != *s.crc32c)
+        throw Error(ErrorCode::Malformed,
+                    "checksum does not match: stored " + std::to_string(*s.crc32c) + " vs. calculated " +
+                        std::to_string(crc) + " on the " + std::to_string(s.nbytes) + " bytes of tensor '" +
+                        tensor.name + "'",
+                    src.path, s.fileOffset, tensor.name);
+}
+
 bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
                                 std::size_t chunk) const {
     if (m_numel == 0)
         return true;
+    verifyChecksum();
+    if (m_tensor.chunkSet >= 0)
+        return forEachPartChunk(fn, chunk);
     if (isBlockDType(m_tensor.dtype))
         return forEachBlockChunk(fn, chunk);
     const std::size_t elsize = dtypeSize(m_tensor.dtype);

@@ -192,14 +192,16 @@ struct DatasetRef {
 
 class H5Reader {
 public:
+    // `onDisk`: `path` is the file `image` maps, so libhdf5 may read it with pread instead.
     H5Reader(Checkpoint& ck, const std::uint8_t* image, std::uint64_t size, std::uint64_t base, int source,
-             std::string path)
+             std::string path, bool onDisk)
         : m_ck(ck)
         , m_image(image)
         , m_size(size)
         , m_base(base)
         , m_source(source)
-        , m_path(std::move(path)) {}
+        , m_path(std::move(path))
+        , m_onDisk(onDisk) {}
 
     // Returns a description of the layout for formatDetail.
     std::string read() {
@@ -207,10 +209,18 @@ public:
         clearErrors();
         if (m_size > std::numeric_limits<std::size_t>::max())
             throw Error(ErrorCode::Limit, "HDF5 file too large", m_path, m_base);
-        // Read-only (no H5LT_FILE_IMAGE_OPEN_RW): libhdf5 reads the mapping in place and never writes it.
-        const hid_t fid =
-            H5LTopen_file_image(const_cast<std::uint8_t*>(m_image), static_cast<std::size_t>(m_size),
-                                H5LT_FILE_IMAGE_DONT_COPY | H5LT_FILE_IMAGE_DONT_RELEASE);
+        hid_t fid = -1;
+        if (m_onDisk) {
+            // A file on disk is read with the sec2 driver (pread): reading metadata spread over a large file
+            // through the mapping would fault in up to 64 KiB of tensor data around every page touched.
+            H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+            if (fapl.get() >= 0 && H5Pset_fapl_sec2(fapl.get()) >= 0)
+                fid = H5Fopen(m_path.c_str(), H5F_ACC_RDONLY, fapl.get());
+        } else {
+            // Read-only (no H5LT_FILE_IMAGE_OPEN_RW): libhdf5 reads the mapping in place, never writes it.
+            fid = H5LTopen_file_image(const_cast<std::uint8_t*>(m_image), static_cast<std::size_t>(m_size),
+                                      H5LT_FILE_IMAGE_DONT_COPY | H5LT_FILE_IMAGE_DONT_RELEASE);
+        }
         if (fid < 0) {
             const std::string msg = h5Message();
             throw Error(msg.starts_with("truncated file") ? ErrorCode::Truncated : ErrorCode::Malformed,
@@ -794,6 +804,7 @@ private:
     std::uint64_t m_base;
     int m_source;
     std::string m_path;
+    bool m_onDisk = false;
     H5Id m_file;
     std::size_t m_links = 0;
     std::vector<std::string> m_groups;
@@ -988,7 +999,7 @@ bool writeAll(int fd, const char* p, std::size_t n) {
 }
 
 [[noreturn]] void childMain(int fd, const std::uint8_t* image, std::uint64_t size, std::uint64_t base,
-                            const std::string& path) {
+                            const std::string& path, bool onDisk) {
     Wire w;
     g_heartbeatFd = fd;
 #if !defined(__SANITIZE_ADDRESS__)
@@ -1008,7 +1019,7 @@ bool writeAll(int fd, const char* p, std::size_t n) {
     try {
         Checkpoint tmp;
         tmp.arena = std::make_shared<ValueArena>();
-        H5Reader r(tmp, image, size, base, -1, path);
+        H5Reader r(tmp, image, size, base, -1, path, onDisk);
         const std::string detail = r.read();
         serialize(w, tmp, detail);
     } catch (const Error& e) {
@@ -1032,7 +1043,7 @@ bool writeAll(int fd, const char* p, std::size_t n) {
 constexpr int kChildTimeoutMs = 60'000;
 
 std::string readImage(Checkpoint& ck, const std::uint8_t* image, std::uint64_t size, std::uint64_t base,
-                      int source, const std::string& path) {
+                      int source, const std::string& path, bool onDisk = false) {
     std::lock_guard lock(h5Mutex());
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0)
@@ -1046,7 +1057,7 @@ std::string readImage(Checkpoint& ck, const std::uint8_t* image, std::uint64_t s
     }
     if (pid == 0) {
         ::close(fds[0]);
-        childMain(fds[1], image, size, base, path);
+        childMain(fds[1], image, size, base, path, onDisk);
     }
     ::close(fds[1]);
     std::string bytes;
@@ -1101,7 +1112,7 @@ std::string readImage(Checkpoint& ck, const std::uint8_t* image, std::uint64_t s
 
 #else
 std::string readImage(Checkpoint&, const std::uint8_t*, std::uint64_t, std::uint64_t base, int,
-                      const std::string& path) {
+                      const std::string& path, bool = false) {
     throw Error(ErrorCode::Unsupported, "HDF5 (Keras) files are not supported: built without libhdf5", path,
                 base);
 }
@@ -1129,7 +1140,9 @@ bool looksLikeHdf5(const std::shared_ptr<const MappedFile>& file) {
 
 std::shared_ptr<Checkpoint> readKerasH5(std::shared_ptr<const MappedFile> file) {
     auto ck = newCheckpoint(file, "keras-h5");
-    ck->formatDetail = readImage(*ck, file->data(), file->size(), 0, 0, file->path());
+    // The path is read by libhdf5 itself only while it still names the mapped file.
+    const bool onDisk = file->isOnDisk() && !file->changedOnDisk();
+    ck->formatDetail = readImage(*ck, file->data(), file->size(), 0, 0, file->path(), onDisk);
     return ck;
 }
 

@@ -32,6 +32,10 @@
 #include "tfbundle.h"
 #define CKPT_HAVE_TFBUNDLE 1
 #endif
+#if __has_include("dcp.h")
+#include "dcp.h"
+#define CKPT_HAVE_DCP 1
+#endif
 #if __has_include("keras.h")
 #include "keras.h"
 #define CKPT_HAVE_KERAS 1
@@ -136,6 +140,10 @@ CheckpointPtr dispatch(std::shared_ptr<const MappedFile> file) {
 
 CheckpointPtr openCheckpoint(const std::string& path) {
     // Formats made of several files first: they recognise directories, prefixes and index files.
+#ifdef CKPT_HAVE_DCP
+    if (auto ck = tryOpenDcp(path))
+        return ck;
+#endif
 #ifdef CKPT_HAVE_TFBUNDLE
     if (auto ck = tryOpenTfBundle(path))
         return ck;

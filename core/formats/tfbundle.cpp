@@ -987,8 +987,35 @@ bool hasTfTableMagic(std::span<const std::uint8_t> tail) {
     return v == kTableMagic;
 }
 
+namespace {
+
+#if defined(__x86_64__)
+// SSE 4.2 has the Castagnoli polynomial in hardware: 8 bytes per instruction instead of one table step per
+// byte, which keeps checking a tensor's checksum cheap next to computing its statistics.
+__attribute__((target("sse4.2"))) std::uint32_t crc32cHardware(const std::uint8_t* p, std::size_t n,
+                                                               std::uint32_t c) {
+    std::uint64_t c64 = c;
+    for (; n >= 8; n -= 8, p += 8) {
+        std::uint64_t v;
+        std::memcpy(&v, p, 8);
+        c64 = __builtin_ia32_crc32di(c64, v);
+    }
+    c = static_cast<std::uint32_t>(c64);
+    for (; n > 0; --n, ++p)
+        c = __builtin_ia32_crc32qi(c, *p);
+    return c;
+}
+#endif
+
+} // namespace
+
 std::uint32_t crc32c(std::span<const std::uint8_t> bytes, std::uint32_t crc) {
     std::uint32_t c = ~crc;
+#if defined(__x86_64__)
+    static const bool hardware = __builtin_cpu_supports("sse4.2");
+    if (hardware)
+        return ~crc32cHardware(bytes.data(), bytes.size(), c);
+#endif
     for (std::uint8_t b : bytes)
         c = kCrcTable[(c ^ b) & 0xff] ^ (c >> 8);
     return ~c;
@@ -1135,6 +1162,8 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
         s.nbytes = static_cast<std::uint64_t>(e.size);
         s.fileOffset = static_cast<std::uint64_t>(e.offset);
         s.bigEndian = header.bigEndian;
+        if (e.crc && e.dtype != 7)
+            s.crc32c = unmaskCrc32c(*e.crc); // checked by TensorReader when the values are read
         s.source = src < 0 ? 0 : src;
         const std::string sp = shardPath(prefix, e.shardId, header.numShards);
         std::uint64_t end = 0;

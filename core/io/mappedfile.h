@@ -26,6 +26,8 @@ public:
     MappedFile& operator=(const MappedFile&) = delete;
 
     const std::string& path() const noexcept { return m_path; }
+    // True for a mapped file (open()), false for an in-memory buffer (fromBuffer()).
+    bool isOnDisk() const noexcept { return m_fd >= 0; }
     std::uint64_t size() const noexcept { return m_size; }
     const std::uint8_t* data() const noexcept { return m_data; }
     std::span<const std::uint8_t> bytes() const noexcept {

@@ -44,6 +44,7 @@ struct StorageInfo {
     std::string error;      // set when the bytes cannot be read (missing record, too short, compressed)
     std::uint8_t space = 0; // which pickle of an archive named it (TorchScript: 0 data.pkl, 1 constants.pkl)
     int viewOf = -1;        // legacy storage views: the storage this one is a slice of
+    std::optional<std::uint32_t> crc32c; // CRC-32C of the bytes as stored, checked when they are read (TF)
 };
 
 enum class Layout : std::uint8_t { Strided, SparseCoo, SparseCsr, Meta };
@@ -72,6 +73,7 @@ struct TensorInfo {
     std::string typeName; // tensor subclass, when saved as one
     QuantInfo quant;
     int proto = -1;    // which reconstructed tensor object this name refers to
+    int chunkSet = -1; // index into Checkpoint::chunkSets when the values are assembled from chunks (DCP)
     std::string error; // why the tensor's values cannot be read
 
     std::uint64_t numel() const;
@@ -83,6 +85,13 @@ struct TensorInfo {
 struct NamedValue {
     std::string name;
     const Value* value = nullptr;
+};
+
+// A piece of a tensor stored on its own (a rank's shard of a distributed checkpoint): its place in the
+// whole tensor and the tensor holding its values.
+struct TensorChunk {
+    std::vector<std::int64_t> offsets; // per dimension, in the whole tensor
+    TensorInfo part;                   // shape = the chunk's sizes; its own storage
 };
 
 struct Record {
@@ -103,6 +112,7 @@ struct Checkpoint {
     std::map<int, TensorInfo>
         helperTensors; // tensors that others need but that have no name (quantization scales)
     std::vector<StorageInfo> storages;
+    std::vector<std::vector<TensorChunk>> chunkSets; // tensors whose values are assembled from chunks
     std::vector<NamedValue> values;
     std::vector<Record> records;
     std::vector<Finding> findings;

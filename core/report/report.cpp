@@ -1,5 +1,7 @@
 #include "report.h"
 
+#include <algorithm>
+
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -104,6 +106,12 @@ Summary summarize(const Checkpoint& ck) {
             counted[static_cast<std::size_t>(t.storage)] = true;
             bytes = ck.storages[static_cast<std::size_t>(t.storage)].nbytes;
         }
+        if (t.chunkSet >= 0 && static_cast<std::size_t>(t.chunkSet) < ck.chunkSets.size())
+            for (const auto& c : ck.chunkSets[static_cast<std::size_t>(t.chunkSet)])
+                if (c.part.storage >= 0 && !counted[static_cast<std::size_t>(c.part.storage)]) {
+                    counted[static_cast<std::size_t>(c.part.storage)] = true;
+                    bytes += ck.storages[static_cast<std::size_t>(c.part.storage)].nbytes;
+                }
         const std::string_view name(t.name);
         const std::string_view key = name.substr(0, name.find('.'));
         auto [it, inserted] = groupIndex.emplace(key, s.topLevel.size());
@@ -153,6 +161,21 @@ nlohmann::json tensorJson(const Checkpoint& ck, const TensorInfo& t) {
     // Checkpoints of several files (shards, TensorFlow data files) say which one holds each tensor.
     if (s && ck.sources.size() > 1 && static_cast<std::size_t>(s->source) < ck.sources.size())
         j["file"] = ck.sources[static_cast<std::size_t>(s->source)].path;
+    // A tensor assembled from chunks (distributed checkpoints): how many, and every file holding one.
+    if (t.chunkSet >= 0 && static_cast<std::size_t>(t.chunkSet) < ck.chunkSets.size()) {
+        const auto& chunks = ck.chunkSets[static_cast<std::size_t>(t.chunkSet)];
+        std::vector<std::string> files;
+        for (const auto& c : chunks)
+            if (c.part.storage >= 0) {
+                const int src = ck.storages[static_cast<std::size_t>(c.part.storage)].source;
+                if (static_cast<std::size_t>(src) < ck.sources.size() &&
+                    std::find(files.begin(), files.end(), ck.sources[static_cast<std::size_t>(src)].path) ==
+                        files.end())
+                    files.push_back(ck.sources[static_cast<std::size_t>(src)].path);
+            }
+        j["chunks"] = chunks.size();
+        j["files"] = files;
+    }
     if (t.layout != Layout::Strided)
         j["layout"] = layoutName(t.layout);
     if (t.isParameter)

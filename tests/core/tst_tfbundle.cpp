@@ -5,6 +5,7 @@
 #include "testutil.h"
 
 #include "analysis/elements.h"
+#include "analysis/stats.h"
 #include "formats/tfbundle.h"
 
 #include <QTemporaryDir>
@@ -210,6 +211,8 @@ private Q_SLOTS:
     void fromBufferWithoutShards();
     void realFixtures();
     void realFixtureCorrupted();
+    void tensorChecksums();
+    void realFixturesChecksums();
 };
 
 void TestTfBundle::crc32cKnownValues() {
@@ -600,6 +603,70 @@ void TestTfBundle::realFixtureCorrupted() {
     writeFile(d + "/variables.index", index);
     const std::string got = outcome(d + "/variables.index");
     QVERIFY2(got.find("block checksum mismatch in data block 0") != std::string::npos, got.c_str());
+}
+
+// BundleEntryProto.crc32c (masked CRC-32C of the bytes as stored) is checked when values are read: a
+// flipped byte in the data shard makes reading fail with both checksums, naming the shard and the tensor;
+// the other tensor stays readable; opening (metadata only) does not read the bytes.
+void TestTfBundle::tensorChecksums() {
+    QTemporaryDir dir;
+    const std::string prefix = dir.path().toStdString() + "/m";
+    const std::string shard = goodShard(); // w = [1, 2, 3] at 0, b = 0.5 at 12
+    auto withCrc = [&](std::string e, std::size_t off, std::size_t n) {
+        return e + varint((6u << 3) | 5) + u32le(ckpt::maskCrc32c(crcOf(shard.substr(off, n))));
+    };
+    const KV kv = {{"", header()},
+                   {"b", withCrc(entry(1, {}, 12, 4), 12, 4)},
+                   {"w", withCrc(entry(1, {3}, 0, 12), 0, 12)}};
+    writeFile(prefix + ".index", buildTable({blockContents(kv)}));
+    writeFile(prefix + ".data-00000-of-00001", shard);
+    {
+        const auto ck = ckpt::openCheckpoint(prefix);
+        const auto st = ckpt::computeStats(ck, *ck->findTensor("w"), 4);
+        QVERIFY(st);
+        QCOMPARE(st->max, 3.0);
+    }
+    std::string flipped = shard;
+    flipped[5] = static_cast<char>(flipped[5] ^ 0x40); // inside w's second element
+    writeFile(prefix + ".data-00000-of-00001", flipped);
+    const auto ck = ckpt::openCheckpoint(prefix);
+    QVERIFY(!ck->hasErrors());
+    const std::uint32_t stored = crcOf(shard.substr(0, 12)), calculated = crcOf(flipped.substr(0, 12));
+    const std::string expected = prefix +
+                                 ".data-00000-of-00001: at byte 0: w: checksum does not match: stored " +
+                                 std::to_string(stored) + " vs. calculated " + std::to_string(calculated) +
+                                 " on the 12 bytes of tensor 'w'";
+    try {
+        ckpt::computeStats(ck, *ck->findTensor("w"), 4);
+        QFAIL("a flipped byte went unnoticed");
+    } catch (const ckpt::Error& e) {
+        QCOMPARE(e.code(), ckpt::ErrorCode::Malformed);
+        QVERIFY2(std::string(e.what()).find(expected) != std::string::npos, e.what());
+        QCOMPARE(e.object(), std::string("w"));
+    }
+    const auto b = ckpt::computeStats(ck, *ck->findTensor("b"), 4);
+    QVERIFY(b);
+    QCOMPARE(b->max, 0.5);
+}
+
+// TensorFlow's own checksums on the real files agree with the bytes (every tensor's statistics compute).
+void TestTfBundle::realFixturesChecksums() {
+    if (!fs::is_directory(fixtures()))
+        QSKIP("real TensorFlow fixtures (../shared/fixtures/real/tf) are not here");
+    int checked = 0;
+    for (const char* name :
+         {"lso_ckpt_tf2.2", "saved_model_half_plus_two_cpu", "saved_model_counter", "tf_text_regression"}) {
+        if (!fs::exists(fixtures() + "/" + name))
+            continue;
+        const auto ck = ckpt::openCheckpoint(fixtures() + "/" + name);
+        for (const auto& t : ck->tensors) {
+            if (t.storage < 0 || !ck->storages[static_cast<std::size_t>(t.storage)].crc32c)
+                continue;
+            QVERIFY2(ckpt::computeStats(ck, t, 4), t.name.c_str());
+            ++checked;
+        }
+    }
+    QVERIFY(checked > 5);
 }
 
 QTEST_GUILESS_MAIN(TestTfBundle)

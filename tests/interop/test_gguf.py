@@ -19,8 +19,10 @@ SCALAR_FMT = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F3
               U64: "<Q", I64: "<q", F64: "<d"}
 # ggml types: code, elements per block, bytes per block
 GGML = {"f32": (0, 1, 4), "f16": (1, 1, 2), "q4_0": (2, 32, 18), "q8_0": (8, 32, 34), "q4_k": (12, 256, 144),
+        "q3_k": (11, 256, 110),
         "bf16": (30, 1, 2), "i32": (26, 1, 4)}
 DTYPE_NAME = {"f32": "float32", "f16": "float16", "q4_0": "q4_0", "q8_0": "q8_0", "q4_k": "q4_k",
+              "q3_k": "q3_k",
               "bf16": "bfloat16", "i32": "int32"}
 
 
@@ -134,13 +136,13 @@ class GgufTest(CkptTestCase):
         f16 = rng.standard_normal((2, 4, 8)).astype(np.float16)
         q8raw, q8vals = q8_0_blocks(rng, 12)                           # 4 rows of 96
         q4raw, q4vals = q4_0_blocks(rng, 16)                           # 8 rows of 64
-        q4k = rng.integers(0, 256, 144 * 2).astype(np.uint8).tobytes()  # 2 blocks of 256
+        q3k = rng.integers(0, 256, 110 * 2).astype(np.uint8).tobytes()  # 2 blocks of 256
         cls.tensors = [
             ("token_embd.weight", [5, 3], "f32", f32.tobytes()),
             ("blk.0.attn_norm.weight", [8, 4, 2], "f16", f16.tobytes()),
             ("blk.0.attn_q.weight", [96, 4], "q8_0", q8raw),
             ("blk.0.ffn_up.weight", [64, 8], "q4_0", q4raw),
-            ("blk.0.ffn_down.weight", [256, 2], "q4_k", q4k),
+            ("blk.0.ffn_down.weight", [256, 2], "q3_k", q3k),
         ]
         cls.values = {
             "token_embd.weight": f32.astype(np.float64).reshape(-1),
@@ -200,7 +202,7 @@ class GgufTest(CkptTestCase):
     def test_stats_unsupported_type(self):
         proc = self.run_ckpt("stats", self.path, "blk.0.ffn_down.weight", "--json")
         self.assert_error_output(proc, self.path)
-        self.assertIn("statistics of q4_k tensors are not supported", proc.stderr.decode())
+        self.assertIn("statistics of q3_k tensors are not supported", proc.stderr.decode())
 
     def test_version2(self):
         path = workfile("v2.gguf")

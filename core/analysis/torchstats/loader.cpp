@@ -206,6 +206,7 @@ std::optional<TensorStats> computeStatsWithPlugin(const CheckpointPtr& checkpoin
     const MappedFile& file = *checkpoint->sources[static_cast<std::size_t>(s.source)].file;
     // As TensorReader does: the whole storage must still be in the file (Error(Changed) otherwise).
     file.ensureReadable(s.fileOffset + s.nbytes);
+    verifyStorageChecksum(checkpoint, tensor); // as TensorReader does before the first value
 
     const std::size_t n = static_cast<std::size_t>(std::max(bins, 1));
     std::vector<double> edges(n + 1);
