@@ -9,6 +9,8 @@ class QTabWidget;
 namespace ckpt::ui {
 
 class CheckpointView;
+class DiffView;
+class TimelineView;
 
 // The browser window: one tab per open checkpoint, File > Open / Open Recent / Reload, drag and drop,
 // window state kept across runs.
@@ -19,6 +21,10 @@ public:
 
     CheckpointView* openFile(const QString& path);
     CheckpointView* currentView() const;
+    // Diff mode: two checkpoints compared in a tab of their own.
+    DiffView* openDiff(const QString& pathA, const QString& pathB);
+    // A training run over time: a directory, a TensorFlow `checkpoint` state file, or several files.
+    TimelineView* openRun(const QStringList& paths);
     QTabWidget* tabs() const { return m_tabs; }
     QStringList recentFiles() const;
 
@@ -29,6 +35,8 @@ protected:
 
 private:
     void openDialog();
+    void compareDialog(bool withCurrent);
+    void openRunDialog();
     void addRecent(const QString& path);
     void rebuildRecentMenu();
     void closeTab(int index);

@@ -67,7 +67,8 @@ std::vector<double> positions(const Run& run, bool* bySteps) {
 QString stepWord(const Run& run) {
     bool epochs = !run.entries.empty();
     for (const RunEntry& e : run.entries)
-        epochs = epochs && QString::fromStdString(e.label).contains(QLatin1String("epoch"), Qt::CaseInsensitive);
+        epochs =
+            epochs && QString::fromStdString(e.label).contains(QLatin1String("epoch"), Qt::CaseInsensitive);
     return epochs ? QObject::tr("epoch") : QObject::tr("step");
 }
 
@@ -176,8 +177,8 @@ TimelineView::TimelineView(const QStringList& paths, QWidget* parent)
     connect(m_cancelButton, &QToolButton::clicked, this, &TimelineView::cancel);
     connect(m_tree->selectionModel(), &QItemSelectionModel::currentChanged, this,
             [this](const QModelIndex& current) {
-                if (!current.isValid() ||
-                    current.data(ModuleTreeModel::KindRole).toInt() == static_cast<int>(ModuleNode::Kind::Value))
+                if (!current.isValid() || current.data(ModuleTreeModel::KindRole).toInt() ==
+                                              static_cast<int>(ModuleNode::Kind::Value))
                     return;
                 m_name = current.data(ModuleTreeModel::FullNameRole).toString();
                 start();
@@ -237,8 +238,9 @@ void TimelineView::onLoaded() {
     const Run& run = m_run->run;
     QString text = tr("%n checkpoint(s)", nullptr, static_cast<int>(run.entries.size()));
     if (!run.entries.empty())
-        text += tr(", from %1 to %2").arg(QString::fromStdString(printable(run.entries.front().label)),
-                                          QString::fromStdString(printable(run.entries.back().label)));
+        text += tr(", from %1 to %2")
+                    .arg(QString::fromStdString(printable(run.entries.front().label)),
+                         QString::fromStdString(printable(run.entries.back().label)));
     text += tr(" — %1").arg(QString::fromStdString(printable(run.source)));
     if (!run.skipped.empty())
         text += tr(" (%n file(s) left out)", nullptr, static_cast<int>(run.skipped.size()));
@@ -346,10 +348,11 @@ void TimelineView::start() {
                 hook();
             auto result = std::make_shared<TimelineResult>();
             try {
-                result->timeline = computeTimeline(run->run, name, bins, [&](std::uint64_t done, std::uint64_t total) {
-                    progress->store(total ? done * 1000 / total : 0);
-                    return !cancelFlag->load();
-                });
+                result->timeline =
+                    computeTimeline(run->run, name, bins, [&](std::uint64_t done, std::uint64_t total) {
+                        progress->store(total ? done * 1000 / total : 0);
+                        return !cancelFlag->load();
+                    });
             } catch (const Error& e) {
                 result->error = QString::fromStdString(printable(e.what()));
             }
@@ -453,7 +456,10 @@ void TimelineView::drawHistograms() {
         const RunPoint& p = t.points[i];
         if (!p.present || p.histogram.size() + 1 != edges.size())
             continue;
-        const QString label = QString::fromStdString(printable(m_run->run.entries[i].label));
+        const RunEntry& entry = m_run->run.entries[i];
+        const QString label = entry.step >= 0
+                                  ? stepWord(m_run->run) + QLatin1Char(' ') + QString::number(entry.step)
+                                  : QString::fromStdString(printable(entry.label));
         const double base = ridges ? static_cast<double>(n - 1 - i) : 0.0;
         // Ridges: every histogram scaled by the run's highest bin, 1.8 rows tall, so that neighbours overlap
         // a little as TensorBoard's offset view does.

@@ -33,9 +33,9 @@ std::string lower(std::string_view s) {
 }
 
 bool hasCheckpointExtension(const std::string& name) {
-    static const std::array<const char*, 13> kExtensions = {".pt",   ".pth",  ".bin",  ".ckpt", ".tar",
-                                                            ".safetensors", ".h5", ".hdf5", ".keras",
-                                                            ".gguf", ".npz",  ".npy",  ".index"};
+    static const std::array<const char*, 13> kExtensions = {
+        ".pt",   ".pth",   ".bin",  ".ckpt", ".tar", ".safetensors", ".h5",
+        ".hdf5", ".keras", ".gguf", ".npz",  ".npy", ".index"};
     const std::string l = lower(name);
     return std::any_of(kExtensions.begin(), kExtensions.end(), [&](const char* e) {
         const std::string_view ext(e);
@@ -121,7 +121,8 @@ std::optional<Run> runFromStateFile(const fs::path& dir) {
             fs::path p(item->text);
             if (p.is_relative())
                 p = dir / p;
-            else if (!fs::exists(p.string() + ".index", ec) && fs::exists((dir / p.filename()).string() + ".index", ec))
+            else if (!fs::exists(p.string() + ".index", ec) &&
+                     fs::exists((dir / p.filename()).string() + ".index", ec))
                 p = dir / p.filename(); // a moved directory: its own bundle of that name
             if (!fs::exists(p.string() + ".index", ec)) {
                 run.skipped.push_back(p.string() + ": listed in the state file, but its .index is missing");
@@ -461,11 +462,12 @@ std::optional<Timeline> computeTimeline(const Run& run, const std::string& name,
             try {
                 if (before) {
                     sums.comparable = true;
-                    go = forEachPair(*before, *reader, [&](std::span<const double> a, std::span<const double> b) {
-                        sums.addPair(a, b);
-                        done += b.size();
-                        return report(done, elements, 2);
-                    });
+                    go = forEachPair(*before, *reader,
+                                     [&](std::span<const double> a, std::span<const double> b) {
+                                         sums.addPair(a, b);
+                                         done += b.size();
+                                         return report(done, elements, 2);
+                                     });
                 } else {
                     go = reader->forEachChunk([&](std::span<const double> v, std::uint64_t) {
                         sums.addOwn(v);
@@ -489,8 +491,9 @@ std::optional<Timeline> computeTimeline(const Run& run, const std::string& name,
         point.max = stats.max;
         point.norm = std::sqrt(sums.sumSquares);
         if (sums.comparable)
-            point.change = sums.prevSquares > 0 ? std::sqrt(sums.diffSquares) / std::sqrt(sums.prevSquares)
-                                                : (sums.diffSquares == 0 ? 0.0 : std::numeric_limits<double>::infinity());
+            point.change = sums.prevSquares > 0
+                               ? std::sqrt(sums.diffSquares) / std::sqrt(sums.prevSquares)
+                               : (sums.diffSquares == 0 ? 0.0 : std::numeric_limits<double>::infinity());
         if (stats.finite > 0) {
             lo = std::min(lo, stats.min);
             hi = std::max(hi, stats.max);

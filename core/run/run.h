@@ -53,11 +53,11 @@ Run runFromPaths(const std::vector<std::string>& paths);
 
 // Figures of one checkpoint of the run. Values are over finite elements, as in TensorStats.
 struct RunPoint {
-    bool present = false;  // the checkpoint has the tensor (or some tensor under the module)
-    std::string error;     // why it could not be read (file unreadable, values unreadable)
+    bool present = false; // the checkpoint has the tensor (or some tensor under the module)
+    std::string error;    // why it could not be read (file unreadable, values unreadable)
     std::uint64_t count = 0;
     std::uint64_t finite = 0;
-    double norm = 0;       // L2 norm over finite elements
+    double norm = 0; // L2 norm over finite elements
     double mean = 0, std = 0, min = 0, max = 0;
     // ||this - previous|| / ||previous|| over the tensors both have with the same element count; nullopt for
     // the first checkpoint, or when nothing is comparable.
@@ -66,7 +66,7 @@ struct RunPoint {
 };
 
 struct Timeline {
-    std::string name; // tensor or module
+    std::string name;             // tensor or module
     std::vector<RunPoint> points; // one per RunEntry
     std::vector<double> edges;    // bins + 1, shared by every point; empty when nothing finite was read
 };
