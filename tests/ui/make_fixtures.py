@@ -166,9 +166,9 @@ expected["many"] = {"file": many, "tensors": 100_000}
 run_dir = os.path.join(out, "run")
 os.makedirs(run_dir, exist_ok=True)
 torch.manual_seed(5)
-run_model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
-run_opt = torch.optim.Adam(run_model.parameters(), lr=0.05)
-xs, ys = torch.randn(64, 6), torch.randint(0, 3, (64,))
+run_model = torch.nn.Sequential(torch.nn.Linear(16, 128), torch.nn.ReLU(), torch.nn.Linear(128, 3))
+run_opt = torch.optim.Adam(run_model.parameters(), lr=0.02)
+xs, ys = torch.randn(64, 16), torch.randint(0, 3, (64,))
 epochs = list(range(1, 11))
 saved = {}
 for epoch in epochs:
@@ -218,8 +218,8 @@ expected["run"] = {
 # ---- two checkpoints to compare: B is A one training step later, with one tensor removed, one added, one
 # reshaped and one left untouched.
 torch.manual_seed(9)
-diff_model = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.Tanh(), torch.nn.Linear(12, 12),
-                                 torch.nn.Tanh(), torch.nn.Linear(12, 2))
+diff_model = torch.nn.Sequential(torch.nn.Linear(5, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
+                                 torch.nn.Tanh(), torch.nn.Linear(64, 2))
 sd_a = {k: v.detach().clone() for k, v in diff_model.state_dict().items()}
 sd_a["frozen.weight"] = torch.randn(4, 4)
 sd_a["old.bias"] = torch.randn(7)

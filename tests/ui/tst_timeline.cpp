@@ -11,6 +11,7 @@
 
 #include <QApplication>
 #include <QFile>
+#include <QFileInfo>
 #include <QJsonArray>
 #include <QJsonDocument>
 #include <QJsonObject>
@@ -49,6 +50,7 @@ private Q_SLOTS:
     void discoveryOrdersByStep();
     void explicitFilesAreOrdered();
     void missingDirectoryIsAnError();
+    void tensorflowStateFile();
     void figuresEqualPyTorch_data();
     void figuresEqualPyTorch();
     void viewDrawsTheFigures();
@@ -127,6 +129,48 @@ void TestTimeline::missingDirectoryIsAnError() {
     } catch (const Error& e) {
         QCOMPARE(e.code(), ErrorCode::NotFound);
         QCOMPARE(QString::fromStdString(e.message()), QStringLiteral("no checkpoint files in the directory"));
+    }
+}
+
+void TestTimeline::tensorflowStateFile() {
+    // A real TensorFlow checkpoint (two data shards) copied under two step prefixes, listed by a state file
+    // that also names a bundle no longer on disk (TensorFlow keeps the last N).
+    const QString real =
+        QStringLiteral(CKPT_UI_TEST_SOURCE_DIR "/../../../shared/fixtures/real/tf/lso_ckpt_tf2.2");
+    if (!QFileInfo::exists(real + QStringLiteral("/ckpt.index")))
+        QSKIP("real TensorFlow fixtures (../shared/fixtures/real/tf) are not here");
+    QTemporaryDir dir;
+    for (const QString& step : {QStringLiteral("3"), QStringLiteral("10")})
+        for (const QString& suffix : {QStringLiteral(".index"), QStringLiteral(".data-00000-of-00002"),
+                                      QStringLiteral(".data-00001-of-00002")})
+            QVERIFY(QFile::copy(real + QStringLiteral("/ckpt") + suffix,
+                                dir.filePath(QStringLiteral("ckpt-") + step + suffix)));
+    {
+        QFile state(dir.filePath(QStringLiteral("checkpoint")));
+        QVERIFY(state.open(QIODevice::WriteOnly));
+        state.write("model_checkpoint_path: \"ckpt-10\"\n"
+                    "all_model_checkpoint_paths: \"ckpt-10\"\n"
+                    "all_model_checkpoint_paths: \"ckpt-7\"\n"
+                    "all_model_checkpoint_paths: \"ckpt-3\"\n");
+    }
+    for (const QString& path : {dir.path(), dir.filePath(QStringLiteral("checkpoint"))}) {
+        const Run run = discoverRun(path.toStdString());
+        QCOMPARE(QString::fromStdString(run.kind), QStringLiteral("tensorflow-state"));
+        QCOMPARE(run.entries.size(), std::size_t(2));
+        QCOMPARE(QString::fromStdString(run.entries[0].label), QStringLiteral("ckpt-3"));
+        QCOMPARE(run.entries[0].step, 3);
+        QCOMPARE(QString::fromStdString(run.entries[1].label), QStringLiteral("ckpt-10"));
+        QCOMPARE(run.skipped.size(), std::size_t(1));
+        QVERIFY(QString::fromStdString(run.skipped[0]).endsWith(QStringLiteral("its .index is missing")));
+        // The same bytes twice: equal figures, and no change between them.
+        const auto t = computeTimeline(run, "layer_with_weights-0.kernel", 8);
+        QVERIFY(t);
+        QCOMPARE(t->points[0].count, std::uint64_t(4));
+        QVERIFY(t->points[0].present && t->points[1].present);
+        QCOMPARE(t->points[1].norm, t->points[0].norm);
+        QVERIFY(t->points[1].change);
+        QCOMPARE(*t->points[1].change, 0.0);
+        QVERIFY(t->points[0].histogram == t->points[1].histogram);
     }
 }
 
