@@ -1,5 +1,6 @@
 #include "run.h"
 
+#include "diff/diff.h"
 #include "formats/open.h"
 #include "formats/tfbundle.h"
 #include "io/error.h"
@@ -8,14 +9,9 @@
 #include <array>
 #include <cctype>
 #include <cmath>
-#include <condition_variable>
-#include <deque>
-#include <exception>
 #include <filesystem>
 #include <limits>
-#include <mutex>
 #include <regex>
-#include <thread>
 
 namespace fs = std::filesystem;
 
@@ -23,7 +19,6 @@ namespace ckpt {
 namespace {
 
 constexpr std::size_t kMaxRunFiles = 100000;
-constexpr std::size_t kQueueChunks = 4; // chunks of the first tensor read ahead in forEachPair
 
 std::string lower(std::string_view s) {
     std::string out(s);
@@ -145,8 +140,7 @@ std::optional<Run> runFromStateFile(const fs::path& dir) {
 struct PointSums {
     MomentAccumulator moments;
     double sumSquares = 0;
-    double diffSquares = 0; // against the previous checkpoint, over paired finite elements
-    double prevSquares = 0;
+    ValueDiff change; // against the previous checkpoint, merged over the tensors both have
     bool comparable = false;
 
     void addOwn(std::span<const double> v) {
@@ -154,15 +148,6 @@ struct PointSums {
         for (const double x : v)
             if (std::isfinite(x))
                 sumSquares += x * x;
-    }
-    void addPair(std::span<const double> a, std::span<const double> b) {
-        addOwn(b);
-        for (std::size_t i = 0; i < a.size(); ++i)
-            if (std::isfinite(a[i]) && std::isfinite(b[i])) {
-                const double d = b[i] - a[i];
-                diffSquares += d * d;
-                prevSquares += a[i] * a[i];
-            }
     }
 };
 
@@ -326,86 +311,6 @@ std::vector<const TensorInfo*> tensorsNamed(const Checkpoint& checkpoint, const 
     return out;
 }
 
-bool forEachPair(const TensorReader& a, const TensorReader& b,
-                 const std::function<bool(std::span<const double>, std::span<const double>)>& fn) {
-    if (a.numel() != b.numel())
-        throw Error(ErrorCode::Malformed, "tensors of different element counts cannot be paired", {}, {},
-                    b.tensor().name);
-    struct Queue {
-        std::mutex mutex;
-        std::condition_variable cv;
-        std::deque<std::vector<double>> chunks;
-        bool done = false, stop = false;
-        std::exception_ptr error;
-    } q;
-    std::thread producer([&] {
-        try {
-            a.forEachChunk([&](std::span<const double> v, std::uint64_t) {
-                std::unique_lock lock(q.mutex);
-                q.cv.wait(lock, [&] { return q.chunks.size() < kQueueChunks || q.stop; });
-                if (q.stop)
-                    return false;
-                q.chunks.emplace_back(v.begin(), v.end());
-                q.cv.notify_all();
-                return true;
-            });
-        } catch (...) {
-            std::lock_guard lock(q.mutex);
-            q.error = std::current_exception();
-        }
-        std::lock_guard lock(q.mutex);
-        q.done = true;
-        q.cv.notify_all();
-    });
-    auto stopProducer = [&] {
-        {
-            std::lock_guard lock(q.mutex);
-            q.stop = true;
-        }
-        q.cv.notify_all();
-        producer.join();
-    };
-    std::vector<double> pending;
-    std::size_t pos = 0;
-    bool ranShort = false;
-    bool ok = false;
-    try {
-        ok = b.forEachChunk([&](std::span<const double> bv, std::uint64_t) {
-            std::size_t used = 0;
-            while (used < bv.size()) {
-                if (pos == pending.size()) {
-                    std::unique_lock lock(q.mutex);
-                    q.cv.wait(lock, [&] { return !q.chunks.empty() || q.done; });
-                    if (q.chunks.empty()) {
-                        ranShort = true;
-                        return false;
-                    }
-                    pending = std::move(q.chunks.front());
-                    q.chunks.pop_front();
-                    pos = 0;
-                    q.cv.notify_all();
-                }
-                const std::size_t n = std::min(bv.size() - used, pending.size() - pos);
-                if (!fn(std::span<const double>(pending.data() + pos, n), bv.subspan(used, n)))
-                    return false;
-                pos += n;
-                used += n;
-            }
-            return true;
-        });
-    } catch (...) {
-        stopProducer();
-        throw;
-    }
-    stopProducer();
-    if (q.error)
-        std::rethrow_exception(q.error);
-    if (ranShort)
-        throw Error(ErrorCode::Malformed, "a tensor ended before its declared element count", {}, {},
-                    a.tensor().name);
-    return ok;
-}
-
 std::optional<Timeline> computeTimeline(const Run& run, const std::string& name, int bins,
                                         const ProgressFn& progress) {
     Timeline out;
@@ -439,6 +344,8 @@ std::optional<Timeline> computeTimeline(const Run& run, const std::string& name,
         std::uint64_t elements = 0;
         for (const TensorInfo* t : tensors)
             elements += t->numel();
+        // Each element is read once for its own figures, and once more with the previous checkpoint's.
+        const std::uint64_t work = previous ? elements * 2 : elements;
         std::uint64_t done = 0;
         PointSums sums;
         for (const TensorInfo* t : tensors) {
@@ -450,36 +357,34 @@ std::optional<Timeline> computeTimeline(const Run& run, const std::string& name,
                 done += t->numel();
                 continue;
             }
-            std::optional<TensorReader> before;
-            if (previous)
-                if (const TensorInfo* p = previous->findTensor(t->name); p && p->numel() == t->numel()) {
-                    try {
-                        before.emplace(previous, *p);
-                    } catch (const Error&) {
-                    }
-                }
             bool go = true;
             try {
-                if (before) {
-                    sums.comparable = true;
-                    go = forEachPair(*before, *reader,
-                                     [&](std::span<const double> a, std::span<const double> b) {
-                                         sums.addPair(a, b);
-                                         done += b.size();
-                                         return report(done, elements, 2);
-                                     });
-                } else {
-                    go = reader->forEachChunk([&](std::span<const double> v, std::uint64_t) {
-                        sums.addOwn(v);
-                        done += v.size();
-                        return report(done, elements, 2);
-                    });
-                }
+                go = reader->forEachChunk([&](std::span<const double> v, std::uint64_t) {
+                    sums.addOwn(v);
+                    done += v.size();
+                    return report(done, work, 2);
+                });
             } catch (const Error& e) {
                 point.error += (point.error.empty() ? "" : "\n") + t->name + ": " + e.message();
             }
             if (!go)
                 return std::nullopt;
+            // The change from the checkpoint before, by the same figures `ckpt diff` gives for the pair.
+            const TensorInfo* p = previous ? previous->findTensor(t->name) : nullptr;
+            if (!p || p->numel() != t->numel())
+                continue;
+            const std::uint64_t before = done;
+            const auto pair =
+                diffTensors(previous, *p, current, *t, 0.0, [&](std::uint64_t d, std::uint64_t total) {
+                    return report(before + (total ? d * t->numel() / total : 0), work, 2);
+                });
+            if (!pair)
+                return std::nullopt;
+            done = before + t->numel();
+            if (pair->values) {
+                sums.change.merge(*pair->values);
+                sums.comparable = true;
+            }
         }
         TensorStats stats;
         sums.moments.finish(stats);
@@ -491,9 +396,7 @@ std::optional<Timeline> computeTimeline(const Run& run, const std::string& name,
         point.max = stats.max;
         point.norm = std::sqrt(sums.sumSquares);
         if (sums.comparable)
-            point.change = sums.prevSquares > 0
-                               ? std::sqrt(sums.diffSquares) / std::sqrt(sums.prevSquares)
-                               : (sums.diffSquares == 0 ? 0.0 : std::numeric_limits<double>::infinity());
+            point.change = sums.change.relL2();
         if (stats.finite > 0) {
             lo = std::min(lo, stats.min);
             hi = std::max(hi, stats.max);

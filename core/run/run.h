@@ -59,8 +59,9 @@ struct RunPoint {
     std::uint64_t finite = 0;
     double norm = 0; // L2 norm over finite elements
     double mean = 0, std = 0, min = 0, max = 0;
-    // ||this - previous|| / ||previous|| over the tensors both have with the same element count; nullopt for
-    // the first checkpoint, or when nothing is comparable.
+    // ||this - previous|| / ||previous|| over the tensors both have with the same element count (sums merged
+    // over a module's tensors, as ckpt diff sums a module); nullopt for the first checkpoint, or when
+    // nothing is comparable.
     std::optional<double> change;
     std::vector<std::uint64_t> histogram; // over the run's common range, Timeline::edges
 };
@@ -71,7 +72,8 @@ struct Timeline {
     std::vector<double> edges;    // bins + 1, shared by every point; empty when nothing finite was read
 };
 
-// Two passes over the run: moments, norms and change (each checkpoint paired with the one before it),
+// Two passes over the run: moments, norms and change (each checkpoint paired with the one before it by
+// diffTensors(), so that the change is the rel_l2 `ckpt diff` gives for the pair),
 // then histograms over the common [min, max] of all checkpoints. `name` is a tensor's full name, or a
 // module's (every tensor named `name.*`); empty takes every tensor. Returns nullopt when cancelled.
 std::optional<Timeline> computeTimeline(const Run& run, const std::string& name, int bins,
@@ -79,11 +81,5 @@ std::optional<Timeline> computeTimeline(const Run& run, const std::string& name,
 
 // The tensors a name stands for in a checkpoint: the tensor itself, or every tensor under the module.
 std::vector<const TensorInfo*> tensorsNamed(const Checkpoint& checkpoint, const std::string& name);
-
-// Visits the elements of two tensors of equal element count side by side, in row-major order, in chunks
-// of equal length (the first tensor read on a second thread). fn returns false to stop; returns false when
-// stopped. Rethrows what either reader threw.
-bool forEachPair(const TensorReader& a, const TensorReader& b,
-                 const std::function<bool(std::span<const double> a, std::span<const double> b)>& fn);
 
 } // namespace ckpt
