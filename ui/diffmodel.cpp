@@ -149,43 +149,45 @@ void DiffModel::setStructure(CheckpointPtr a, CheckpointPtr b, const DiffResult&
             m_tensorPending[t] = true;
             ++m_pending;
         }
-        int parent = 0;
-        std::size_t start = 0;
-        const std::string& name = d.name;
-        while (true) {
-            const std::size_t dot = name.find('.', start);
-            const bool last = dot == std::string::npos;
-            const std::string full = name.substr(0, last ? name.size() : dot);
-            int node = -1;
-            if (!last) {
-                if (auto it = modules.find(full); it != modules.end())
-                    node = it->second;
-            }
-            if (node < 0) {
-                Node n;
-                n.name =
-                    QString::fromStdString(printable(name.substr(start, (last ? name.size() : dot) - start)));
-                n.fullName = QString::fromStdString(printable(full));
-                n.parent = parent;
-                n.row = static_cast<int>(m_nodes[static_cast<std::size_t>(parent)].children.size());
-                node = static_cast<int>(m_nodes.size());
-                m_nodes[static_cast<std::size_t>(parent)].children.push_back(node);
-                if (last)
-                    n.tensor = static_cast<int>(t);
-                m_nodes.push_back(std::move(n));
-                if (!last)
-                    modules.emplace(full, node);
-            }
-            if (last) {
-                m_tensorNode[t] = node;
-                break;
-            }
-            parent = node;
-            start = dot + 1;
-        }
+        m_tensorNode[t] = insert(d.name, modules);
+        m_nodes[static_cast<std::size_t>(m_tensorNode[t])].tensor = static_cast<int>(t);
     }
+    m_values = structure.values;
+    for (std::size_t v = 0; v < m_values.size(); ++v)
+        m_nodes[static_cast<std::size_t>(insert(m_values[v].name, modules))].value = static_cast<int>(v);
     aggregate();
     endResetModel();
+}
+
+// The leaf node of a dotted name, with the modules above it made where missing.
+int DiffModel::insert(const std::string& name, std::unordered_map<std::string, int>& modules) {
+    int parent = 0;
+    std::size_t start = 0;
+    while (true) {
+        const std::size_t dot = name.find('.', start);
+        const bool last = dot == std::string::npos;
+        const std::size_t end = last ? name.size() : dot;
+        const std::string full = name.substr(0, end);
+        if (!last)
+            if (auto it = modules.find(full); it != modules.end()) {
+                parent = it->second;
+                start = dot + 1;
+                continue;
+            }
+        Node n;
+        n.name = QString::fromStdString(printable(name.substr(start, end - start)));
+        n.fullName = QString::fromStdString(printable(full));
+        n.parent = parent;
+        n.row = static_cast<int>(m_nodes[static_cast<std::size_t>(parent)].children.size());
+        const int node = static_cast<int>(m_nodes.size());
+        m_nodes[static_cast<std::size_t>(parent)].children.push_back(node);
+        m_nodes.push_back(std::move(n));
+        if (last)
+            return node;
+        modules.emplace(full, node);
+        parent = node;
+        start = dot + 1;
+    }
 }
 
 void DiffModel::updateTensors(const std::vector<TensorDiff>& diffs) {
@@ -239,7 +241,7 @@ void DiffModel::finishPending(bool cancelled) {
 void DiffModel::aggregate() {
     // Children come after their parents in m_nodes: one backward sweep sums every module.
     for (Node& n : m_nodes)
-        if (n.tensor < 0) {
+        if (n.tensor < 0 && n.value < 0) {
             n.values = ValueDiff{};
             n.hasValues = false;
             n.added = n.removed = n.changed = n.same = n.pending = n.errors = 0;
@@ -247,7 +249,12 @@ void DiffModel::aggregate() {
     for (std::size_t i = m_nodes.size(); i-- > 1;) {
         Node& n = m_nodes[i];
         Node& p = m_nodes[static_cast<std::size_t>(n.parent)];
-        if (n.tensor >= 0) {
+        if (n.value >= 0) {
+            const int st = statusOf(n);
+            p.added += st == static_cast<int>(DiffStatus::Added);
+            p.removed += st == static_cast<int>(DiffStatus::Removed);
+            p.changed += st == static_cast<int>(DiffStatus::Changed);
+        } else if (n.tensor >= 0) {
             const auto t = static_cast<std::size_t>(n.tensor);
             const TensorDiff& d = m_tensors[t];
             if (m_tensorPending[t])
@@ -282,6 +289,10 @@ void DiffModel::aggregate() {
 }
 
 int DiffModel::statusOf(const Node& n) const {
+    if (n.value >= 0) {
+        const ValueChange& v = m_values[static_cast<std::size_t>(n.value)];
+        return static_cast<int>(!v.a ? DiffStatus::Added : !v.b ? DiffStatus::Removed : DiffStatus::Changed);
+    }
     if (n.tensor >= 0) {
         const auto t = static_cast<std::size_t>(n.tensor);
         return m_tensorPending[t] ? kPending : static_cast<int>(m_tensors[t].status);
@@ -354,6 +365,8 @@ QVariant DiffModel::data(const QModelIndex& index, int role) const {
         return status;
     case TensorDiffRole:
         return n.tensor;
+    case ValueRole:
+        return n.value;
     case Qt::DecorationRole:
         if (index.column() == NameColumn)
             return statusIcon(status);
@@ -375,6 +388,8 @@ QVariant DiffModel::data(const QModelIndex& index, int role) const {
     case Qt::ToolTipRole:
         if (d && !d->error.empty())
             return QString::fromStdString(printable(d->error));
+        if (n.value >= 0)
+            return data(index.siblingAtColumn(ShapeColumn), Qt::DisplayRole);
         if (!d)
             return tr("%1 added, %2 removed, %3 changed, %4 same below")
                 .arg(n.added)
@@ -395,6 +410,8 @@ QVariant DiffModel::data(const QModelIndex& index, int role) const {
         case StatusColumn:
             if (sort)
                 return status;
+            if (n.value >= 0)
+                return statusText(status) + tr(": value");
             if (!d)
                 return statusText(status) + (n.changed + n.added + n.removed > 0
                                                  ? tr(" (%1)").arg(n.changed + n.added + n.removed)
@@ -404,6 +421,11 @@ QVariant DiffModel::data(const QModelIndex& index, int role) const {
                        QString::fromLatin1(changeKindName(d->kind));
             return statusText(status);
         case ShapeColumn:
+            if (n.value >= 0) {
+                const ValueChange& c = m_values[static_cast<std::size_t>(n.value)];
+                return sides(QString::fromStdString(printable(c.a.value_or(""))),
+                             QString::fromStdString(printable(c.b.value_or(""))));
+            }
             return d ? sides(shapeOf(m_a, d->a), shapeOf(m_b, d->b)) : QVariant();
         case DTypeColumn:
             return d ? sides(dtypeOf(m_a, d->a), dtypeOf(m_b, d->b)) : QVariant();
@@ -481,6 +503,8 @@ bool DiffProxy::filterAcceptsRow(int sourceRow, const QModelIndex& sourceParent)
     if (!m_changedOnly)
         return true;
     const QModelIndex i = sourceModel()->index(sourceRow, 0, sourceParent);
+    if (i.data(DiffModel::ValueRole).toInt() >= 0)
+        return true; // only values that differ are listed
     if (i.data(DiffModel::TensorDiffRole).toInt() < 0)
         return false; // modules stay through their matching tensors (recursive filtering)
     return i.data(DiffModel::StatusRole).toInt() != static_cast<int>(DiffStatus::Same);

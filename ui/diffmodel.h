@@ -32,7 +32,8 @@ public:
         SortRole = Qt::UserRole + 1, // numbers as numbers (rows without a figure sort lowest)
         FullNameRole,
         StatusRole,     // DiffStatus as int, or kPending
-        TensorDiffRole, // index into tensors(), -1 for modules
+        TensorDiffRole, // index into tensors(), -1 for modules and values
+        ValueRole,      // index into values() for a non-tensor value that differs, else -1
     };
     static constexpr int kPending = -1;
 
@@ -46,6 +47,7 @@ public:
     void finishPending(bool cancelled);
 
     const std::vector<TensorDiff>& tensors() const { return m_tensors; }
+    const std::vector<ValueChange>& values() const { return m_values; }
     const CheckpointPtr& a() const { return m_a; }
     const CheckpointPtr& b() const { return m_b; }
     int pendingCount() const { return m_pending; }
@@ -69,17 +71,20 @@ private:
         int row = 0;
         std::vector<int> children;
         int tensor = -1; // index into m_tensors
+        int value = -1;  // index into m_values
         // Modules: over the tensors below.
         ValueDiff values;
         bool hasValues = false;
         int added = 0, removed = 0, changed = 0, same = 0, pending = 0, errors = 0;
     };
     int statusOf(const Node& n) const;
+    int insert(const std::string& name, std::unordered_map<std::string, int>& modules);
     void aggregate();
     QModelIndex indexOf(int node, int column) const;
 
     CheckpointPtr m_a, m_b;
     std::vector<TensorDiff> m_tensors;
+    std::vector<ValueChange> m_values;
     std::vector<bool> m_tensorPending;
     std::vector<Node> m_nodes; // m_nodes[0] is the invisible root
     std::vector<int> m_tensorNode;

@@ -298,6 +298,7 @@ void DiffView::drain() {
     if (diffs.empty())
         return;
     m_model->updateTensors(diffs);
+    updateHeader();
     for (const TensorDiff& d : diffs)
         if (m_selectedTensor >= 0 &&
             m_model->tensors()[static_cast<std::size_t>(m_selectedTensor)].name == d.name) {

@@ -234,8 +234,8 @@ sd_b["new.bias"] = torch.randn(3)
 sd_b["reshaped.weight"] = torch.randn(3, 4)
 diff_a = os.path.join(out, "diff_a.pt")
 diff_b = os.path.join(out, "diff_b.pt")
-torch.save(sd_a, diff_a)
-torch.save(sd_b, diff_b)
+torch.save({**sd_a, "epoch": 3}, diff_a)
+torch.save({**sd_b, "epoch": 4, "note": "fine-tuned"}, diff_b)
 DIFF_BINS = 32
 statuses, figures = {}, {}
 for k in sd_a:
@@ -266,6 +266,7 @@ d2 = b2 - a2
 expected["diff"] = {
     "a": diff_a, "b": diff_b, "statuses": statuses, "figures": figures,
     "modules": {"0": module_rel},
+    "values": {"epoch": ["changed", "3 → 4"], "note": ["added", "'fine-tuned'"]},
     "overlay": {"name": "2.weight", "bins": DIFF_BINS, "lo": float(lo2), "hi": float(hi2),
                 "a": np.histogram(a2, bins=DIFF_BINS, range=(lo2, hi2))[0].tolist(),
                 "b": np.histogram(b2, bins=DIFF_BINS, range=(lo2, hi2))[0].tolist(),

@@ -137,6 +137,17 @@ void TestDiffView::mergedTreeMatchesPyTorch() {
     QVERIFY(!rows.value(QStringLiteral("new.bias")).data(Qt::DecorationRole).value<QIcon>().isNull());
     QVERIFY(rows.value(QStringLiteral("old.bias")).data(Qt::BackgroundRole).isValid());
     QVERIFY(!rows.value(QStringLiteral("frozen.weight")).data(Qt::BackgroundRole).isValid());
+    // Non-tensor values that differ are rows too, with both sides' values.
+    const QJsonObject values = m_diff.value(QStringLiteral("values")).toObject();
+    for (auto it = values.begin(); it != values.end(); ++it) {
+        const QModelIndex i = view.model()->indexForName(it.key());
+        QVERIFY2(i.isValid(), qPrintable(it.key()));
+        QVERIFY(i.data(DiffModel::ValueRole).toInt() >= 0);
+        QCOMPARE(DiffModel::statusText(i.data(DiffModel::StatusRole).toInt()),
+                 it.value().toArray()[0].toString());
+        QCOMPARE(i.siblingAtColumn(DiffModel::ShapeColumn).data().toString(),
+                 it.value().toArray()[1].toString());
+    }
     QCOMPARE(rows.value(QStringLiteral("reshaped.weight"))
                  .siblingAtColumn(DiffModel::ShapeColumn)
                  .data()
