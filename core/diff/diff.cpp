@@ -191,9 +191,7 @@ KeyAlignment alignKeys(const Checkpoint& a, const Checkpoint& b, const DiffOptio
 
     al.rule = KeyAlignment::Rule::Identity;
     al.matched = al.matchedByName;
-    for (const auto& [v, k] : ranked) {
-        if (v <= al.matched)
-            break; // votes bound the matches from above
+    for (const auto& [votesFor, k] : ranked) {
         const std::size_t m = countMatches(na, nb, k.first, k.second);
         const bool better =
             m > al.matched || (m == al.matched && al.rule == KeyAlignment::Rule::Prefix &&
@@ -227,7 +225,12 @@ double ValueDiff::cosine() const {
         return 1.0;
     if (sumSqA == 0 || sumSqB == 0)
         return 0.0;
-    return dot / (std::sqrt(sumSqA) * std::sqrt(sumSqB));
+    // One square root of the product: equal sides give exactly 1. Separate roots where the product would
+    // overflow or underflow.
+    const double p = sumSqA * sumSqB;
+    const double c =
+        std::isfinite(p) && p > 0 ? dot / std::sqrt(p) : dot / (std::sqrt(sumSqA) * std::sqrt(sumSqB));
+    return std::clamp(c, -1.0, 1.0);
 }
 
 void ValueDiff::merge(const ValueDiff& o) {
@@ -668,10 +671,13 @@ void settle(TensorDiff& d, double threshold) {
     d.status = d.kind == ChangeKind::None ? DiffStatus::Same : DiffStatus::Changed;
 }
 
-std::string errorText(const std::exception& e) {
+// The whole message, naming the file (of the side that failed), the place and the tensor.
+std::string errorText(const std::exception& e, const std::string& file, const std::string& tensor) {
     if (const auto* ce = dynamic_cast<const Error*>(&e))
-        return ce->message();
-    return e.what();
+        return Error(ce->code(), ce->message(), ce->file().empty() ? file : ce->file(), ce->offset(),
+                     ce->object().empty() ? tensor : ce->object())
+            .what();
+    return Error(ErrorCode::Io, e.what(), file, {}, tensor).what();
 }
 
 // Value equality for non-tensor leaves: same kind and contents, a bounded walk.
@@ -870,9 +876,16 @@ std::optional<DiffResult> diffCheckpoints(const CheckpointPtr& a, const Checkpoi
         }
         try {
             w.a = std::make_unique<RangeReader>(a, ta);
-            w.b = std::make_unique<RangeReader>(b, tb);
         } catch (const std::exception& e) {
-            w.diff.error = errorText(e);
+            w.diff.error = errorText(e, res.fileA, ta.name);
+        }
+        try {
+            if (w.diff.error.empty())
+                w.b = std::make_unique<RangeReader>(b, tb);
+        } catch (const std::exception& e) {
+            w.diff.error = errorText(e, res.fileB, tb.name);
+        }
+        if (!w.diff.error.empty()) {
             w.a.reset();
             w.b.reset();
             settle(w.diff, options.threshold);
@@ -961,7 +974,7 @@ std::optional<DiffResult> diffCheckpoints(const CheckpointPtr& a, const Checkpoi
                 } catch (const std::exception& e) {
                     std::lock_guard lock(w.errorMutex);
                     if (w.error.empty())
-                        w.error = errorText(e);
+                        w.error = errorText(e, res.fileB, w.diff.name);
                 }
             }
             if (w.remaining.fetch_sub(1) == 1)
@@ -1000,18 +1013,19 @@ std::optional<DiffResult> diffCheckpoints(const CheckpointPtr& a, const Checkpoi
         std::string key = alignedKey(nv.name, pb);
         const auto found = valuesA.find(key);
         if (found == valuesA.end() || seenA.count(key)) {
-            res.values.push_back({nv.name, std::nullopt, valueRepr(nv.value)});
+            res.values.push_back({nv.name, std::nullopt, valueRepr(nv.value), nullptr, nv.value});
             continue;
         }
         seenA.insert(key);
         std::size_t budget = 100000;
         if (!sameValue(found->second->value, nv.value, 0, budget))
-            res.values.push_back({nv.name, valueRepr(found->second->value), valueRepr(nv.value)});
+            res.values.push_back({nv.name, valueRepr(found->second->value), valueRepr(nv.value),
+                                  found->second->value, nv.value});
     }
     for (const auto& nv : a->values) {
         const std::string key = alignedKey(nv.name, pa);
         if (!seenA.count(key) && valuesA[key] == &nv)
-            res.values.push_back({nv.name, valueRepr(nv.value), std::nullopt});
+            res.values.push_back({nv.name, valueRepr(nv.value), std::nullopt, nv.value, nullptr});
     }
 
     res.modules = aggregateModules(res.tensors);
@@ -1026,8 +1040,25 @@ std::optional<TensorDiff> diffTensors(const CheckpointPtr& a, const TensorInfo& 
     compareStructure(ta, tb, d);
     if (ta.numel() != tb.numel())
         return d;
+    std::unique_ptr<RangeReader> pa, pb;
     try {
-        const RangeReader ra(a, ta), rb(b, tb);
+        pa = std::make_unique<RangeReader>(a, ta);
+    } catch (const std::exception& e) {
+        d.error = errorText(e, a->sources.empty() ? std::string() : a->sources.front().path, ta.name);
+    }
+    try {
+        if (d.error.empty())
+            pb = std::make_unique<RangeReader>(b, tb);
+    } catch (const std::exception& e) {
+        d.error = errorText(e, b->sources.empty() ? std::string() : b->sources.front().path, tb.name);
+    }
+    if (!d.error.empty()) {
+        settle(d, threshold);
+        return d;
+    }
+    try {
+        const RangeReader& ra = *pa;
+        const RangeReader& rb = *pb;
         const std::uint64_t total = ta.nbytes() + tb.nbytes();
         const std::uint64_t bytesPerEl = total / std::max<std::uint64_t>(1, ra.numel());
         std::uint64_t done = 0;
@@ -1043,7 +1074,7 @@ std::optional<TensorDiff> diffTensors(const CheckpointPtr& a, const TensorInfo& 
             return std::nullopt;
         d.values = acc.finish(same);
     } catch (const std::exception& e) {
-        d.error = errorText(e);
+        d.error = errorText(e, {}, tb.name);
     }
     settle(d, threshold);
     return d;
