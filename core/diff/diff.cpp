@@ -191,8 +191,16 @@ KeyAlignment alignKeys(const Checkpoint& a, const Checkpoint& b, const DiffOptio
 
     al.rule = KeyAlignment::Rule::Identity;
     al.matched = al.matchedByName;
+    // A wrapper inserts segments in front of the names (one prefix extends the other: '' and 'module.',
+    // 'model.' and 'model._orig_mod.'); any such offset that matches more names is taken. Replacing one
+    // prefix by another ('model.' and 'module.') must pair a good part of the checkpoint, or renaming a
+    // single module ('decoder.weight' to 'head.weight') would pass for an alignment.
+    const std::size_t replaceGain = std::max<std::size_t>(2, std::min(na.size(), nb.size()) / 2);
     for (const auto& [votesFor, k] : ranked) {
+        const bool insertion = k.first.starts_with(k.second) || k.second.starts_with(k.first);
         const std::size_t m = countMatches(na, nb, k.first, k.second);
+        if (!insertion && m < al.matchedByName + replaceGain)
+            continue;
         const bool better =
             m > al.matched || (m == al.matched && al.rule == KeyAlignment::Rule::Prefix &&
                                k.first.size() + k.second.size() < al.prefixA.size() + al.prefixB.size());
