@@ -122,7 +122,7 @@ struct TensorDiff {
     bool dtypeChanged = false;
     bool deviceChanged = false;
     std::optional<ValueDiff> values; // set when both sides' values were compared
-    std::string error;               // why the values could not be compared (status Error)
+    std::string error; // why the values could not be compared (status Error): file, place, tensor, what
 };
 
 // A non-tensor value (epoch, learning rate, optimizer settings, ...) that differs or exists on one side.
@@ -130,6 +130,8 @@ struct ValueChange {
     std::string name;             // B's name (A's when only in A)
     std::optional<std::string> a; // short text of the value as valueRepr() writes it; nullopt when absent
     std::optional<std::string> b;
+    const Value* valueA = nullptr; // the values themselves, valid while the checkpoints live
+    const Value* valueB = nullptr;
 };
 
 // Figures summed over every tensor at or below a module (a dotted prefix of the names). Modules are
