@@ -222,8 +222,18 @@ void DiffView::onLoaded() {
     m_tree->resizeColumnToContents(DiffModel::NameColumn);
     m_tree->header()->resizeSection(DiffModel::NameColumn,
                                     std::max(m_tree->header()->sectionSize(DiffModel::NameColumn), 220));
-    for (int c = DiffModel::StatusColumn; c < DiffModel::ColumnCount; ++c)
-        m_tree->resizeColumnToContents(c);
+    int columns = 0;
+    for (int c = DiffModel::NameColumn; c < DiffModel::ColumnCount; ++c) {
+        if (c != DiffModel::NameColumn)
+            m_tree->resizeColumnToContents(c);
+        columns += m_tree->header()->sectionSize(c);
+    }
+    // The tree as wide as its columns, up to three fifths of the view; the plots take the rest.
+    if (auto* splitter = qobject_cast<QSplitter*>(m_tree->parentWidget())) {
+        const int total = std::max(splitter->width(), 800);
+        const int tree = std::min(columns + 24, total * 3 / 5);
+        splitter->setSizes({tree, total - tree});
+    }
     updateHeader();
     Q_EMIT loadFinished(true);
     if (!m_pendingSelect.isEmpty())
@@ -402,13 +412,14 @@ void DiffView::showFigures() {
     if (!cell(DiffModel::ShapeColumn).isEmpty())
         text += tr(" · shape %1 · %2").arg(cell(DiffModel::ShapeColumn), cell(DiffModel::DTypeColumn));
     if (!cell(DiffModel::RelL2Column).isEmpty())
-        text += tr("<br>rel. L2 <b>%1</b> · max |B−A| %2 · cosine %3 · changed %4")
-                    .arg(cell(DiffModel::RelL2Column), cell(DiffModel::MaxAbsColumn),
-                         cell(DiffModel::CosineColumn), cell(DiffModel::ChangedColumn));
+        text +=
+            tr("<br>rel.&nbsp;L2&nbsp;<b>%1</b> · max&nbsp;|B−A|&nbsp;%2 · cosine&nbsp;%3 · changed&nbsp;%4")
+                .arg(cell(DiffModel::RelL2Column), cell(DiffModel::MaxAbsColumn),
+                     cell(DiffModel::CosineColumn), cell(DiffModel::ChangedColumn));
     if (m_selectedTensor >= 0) {
         const TensorDiff& d = m_model->tensors()[static_cast<std::size_t>(m_selectedTensor)];
         if (d.values && status != DiffModel::kPending)
-            text += tr(" · mean |B−A| %1").arg(number(d.values->meanAbs()));
+            text += tr(" · mean&nbsp;|B−A|&nbsp;%1").arg(number(d.values->meanAbs()));
         if (!d.error.empty())
             text += QStringLiteral("<br>") + QString::fromStdString(printable(d.error)).toHtmlEscaped();
     }

@@ -461,9 +461,9 @@ void TimelineView::drawHistograms() {
                                   ? stepWord(m_run->run) + QLatin1Char(' ') + QString::number(entry.step)
                                   : QString::fromStdString(printable(entry.label));
         const double base = ridges ? static_cast<double>(n - 1 - i) : 0.0;
-        // Ridges: every histogram scaled by the run's highest bin, 1.8 rows tall, so that neighbours overlap
-        // a little as TensorBoard's offset view does.
-        const double scale = ridges ? 1.8 / static_cast<double>(peak) : 1.0;
+        // Ridges: every histogram scaled by the run's highest bin, up to three rows tall, so that neighbours
+        // overlap as in TensorBoard's offset view and heights stay comparable across the run.
+        const double scale = ridges ? 3.0 / static_cast<double>(peak) : 1.0;
         QVector<double> keys, values, baseline;
         keys << edges.front();
         values << base;
@@ -498,7 +498,7 @@ void TimelineView::drawHistograms() {
     if (ridges) {
         m_hist->yAxis->setTicker(text);
         m_hist->yAxis->setLabel(QString());
-        m_hist->yAxis->setRange(-0.3, static_cast<double>(n - 1) + 2.0);
+        m_hist->yAxis->setRange(-0.3, static_cast<double>(n - 1) + 3.2);
         m_hist->yAxis->grid()->setVisible(false);
     } else {
         m_hist->yAxis->setTicker(QSharedPointer<QCPAxisTicker>::create());
