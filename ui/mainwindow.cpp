@@ -75,7 +75,8 @@ MainWindow::MainWindow(QWidget* parent)
         if (auto* v = currentView())
             v->showValues();
     });
-    m_viewActions = {reload, close, copy, find, stats, values, compareWith};
+    m_viewActions = {reload, copy, find, stats, values, compareWith};
+    m_closeAction = close; // closes any tab: a checkpoint, a comparison or a run
 
     QMenu* help = menuBar()->addMenu(tr("&Help"));
     help->addAction(tr("&About"), this, [this] {
@@ -230,6 +231,7 @@ void MainWindow::updateActions() {
     m_stack->setCurrentIndex(m_tabs->count() > 0 ? 1 : 0);
     for (QAction* a : m_viewActions)
         a->setEnabled(open);
+    m_closeAction->setEnabled(m_tabs->count() > 0);
     if (auto* v = currentView())
         setWindowTitle(tr("%1 — Checkpoint Browser").arg(QFileInfo(v->path()).fileName()));
     else if (m_tabs->currentWidget())

@@ -46,6 +46,7 @@ private:
     QStackedWidget* m_stack;
     QMenu* m_recentMenu;
     QList<QAction*> m_viewActions; // enabled only while a checkpoint is open
+    QAction* m_closeAction = nullptr;
 };
 
 } // namespace ckpt::ui
