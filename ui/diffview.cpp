@@ -151,6 +151,7 @@ DiffView::DiffView(const QString& pathA, const QString& pathB, QWidget* parent)
     m_plot->legend->setLayer(QStringLiteral("legend"));
     m_plot->legend->setBrush(pal.brush(QPalette::Base));
     m_plot->legend->setTextColor(pal.color(QPalette::Text));
+    m_plot->legend->setVisible(false); // until a tensor is selected
     rightLayout->addWidget(m_plot, 1);
     splitter->addWidget(right);
     splitter->setStretchFactor(0, 3);

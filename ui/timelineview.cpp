@@ -451,6 +451,8 @@ void TimelineView::drawHistograms() {
     const bool ridges = histogramMode() == HistogramMode::Ridges;
     const QPalette pal = palette();
     auto text = QSharedPointer<QCPAxisTickerText>::create();
+    // Few checkpoints get low ridges that barely overlap; a long run gets tall ones that overlap more.
+    const double ridgeHeight = std::clamp(static_cast<double>(n) * 0.3, 1.0, 3.0);
     const std::size_t labelEvery = std::max<std::size_t>(1, (n + 11) / 12);
     for (std::size_t i = 0; i < n; ++i) {
         const RunPoint& p = t.points[i];
@@ -463,7 +465,7 @@ void TimelineView::drawHistograms() {
         const double base = ridges ? static_cast<double>(n - 1 - i) : 0.0;
         // Ridges: every histogram scaled by the run's highest bin, up to three rows tall, so that neighbours
         // overlap as in TensorBoard's offset view and heights stay comparable across the run.
-        const double scale = ridges ? 3.0 / static_cast<double>(peak) : 1.0;
+        const double scale = ridges ? ridgeHeight / static_cast<double>(peak) : 1.0;
         QVector<double> keys, values, baseline;
         keys << edges.front();
         values << base;
@@ -498,7 +500,7 @@ void TimelineView::drawHistograms() {
     if (ridges) {
         m_hist->yAxis->setTicker(text);
         m_hist->yAxis->setLabel(QString());
-        m_hist->yAxis->setRange(-0.3, static_cast<double>(n - 1) + 3.2);
+        m_hist->yAxis->setRange(-0.3, static_cast<double>(n - 1) + ridgeHeight + 0.2);
         m_hist->yAxis->grid()->setVisible(false);
     } else {
         m_hist->yAxis->setTicker(QSharedPointer<QCPAxisTicker>::create());

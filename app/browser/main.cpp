@@ -29,9 +29,10 @@ int main(int argc, char** argv) {
     const QCommandLineOption select(QStringLiteral("select"),
                                     QStringLiteral("Select a tensor or module by its full name."),
                                     QStringLiteral("NAME"));
-    const QCommandLineOption page(QStringLiteral("page"),
-                                  QStringLiteral("Page to show: details, statistics or values."),
-                                  QStringLiteral("PAGE"), QStringLiteral("details"));
+    const QCommandLineOption page(
+        QStringLiteral("page"),
+        QStringLiteral("Page to show: details, statistics or values (with --run: ridges or overlay)."),
+        QStringLiteral("PAGE"), QStringLiteral("details"));
     const QCommandLineOption ready(
         QStringLiteral("report-ready"),
         QStringLiteral("Print 'ready' when the tree of the first file is shown (benchmarks)."));
@@ -85,6 +86,8 @@ int main(int argc, char** argv) {
         if (files.isEmpty())
             parser.showHelp(2);
         auto* view = window.openRun(files);
+        if (parser.value(page) == QLatin1String("overlay"))
+            view->setHistogramMode(ckpt::ui::TimelineView::HistogramMode::Overlay);
         QObject::connect(view, &ckpt::ui::TimelineView::loadFinished, &window, [&, view](bool ok) {
             if (!ok)
                 finishWhenDrawn(view, false);
