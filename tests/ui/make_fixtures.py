@@ -215,6 +215,32 @@ expected["run"] = {
     "modules": {"model": run_figures(model_keys)},
 }
 
+# ---- a Keras run: save_weights('keras_model_NN.h5') files written with h5py in Keras 2's layout, a kernel
+# drifting from epoch to epoch; figures by NumPy.
+import h5py  # noqa: E402
+
+keras_dir = os.path.join(out, "keras_run")
+os.makedirs(keras_dir, exist_ok=True)
+rng = np.random.default_rng(21)
+kernel = rng.standard_normal((24, 8)).astype(np.float32)
+keras_epochs = [5, 10, 15]
+keras_points = []
+prev = None
+for epoch in keras_epochs:
+    kernel = (kernel + 0.05 * rng.standard_normal(kernel.shape)).astype(np.float32)
+    with h5py.File(os.path.join(keras_dir, f"keras_model_{epoch:02d}.h5"), "w") as f:
+        f.attrs["layer_names"] = np.array([b"d"], dtype="S")
+        f.attrs["backend"] = b"tensorflow"
+        f.create_dataset("d/d/bias:0", data=np.zeros(8, dtype=np.float32))
+        f.create_dataset("d/d/kernel:0", data=kernel)
+        f["d"].attrs["weight_names"] = np.array([b"d/kernel:0", b"d/bias:0"], dtype="S")
+    k = kernel.astype(np.float64).ravel()
+    keras_points.append({"norm": float(np.linalg.norm(k)), "mean": float(k.mean()), "std": float(k.std(ddof=1)),
+                         "change": None if prev is None else float(np.linalg.norm(k - prev) / np.linalg.norm(prev))})
+    prev = k
+expected["keras_run"] = {"dir": keras_dir, "order": [f"keras_model_{e:02d}.h5" for e in keras_epochs],
+                         "tensor": "d.d.kernel", "points": keras_points}
+
 # ---- two checkpoints to compare: B is A one training step later, with one tensor removed, one added, one
 # reshaped and one left untouched.
 torch.manual_seed(9)

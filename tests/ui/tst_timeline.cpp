@@ -53,6 +53,7 @@ private Q_SLOTS:
     void tensorflowStateFile();
     void figuresEqualPyTorch_data();
     void figuresEqualPyTorch();
+    void kerasRun();
     void viewDrawsTheFigures();
     void cancelStopsTheWorker();
 
@@ -226,6 +227,33 @@ void TestTimeline::figuresEqualPyTorch() {
         for (const auto& c : p.value(QStringLiteral("histogram")).toArray())
             wantHist << c.toInteger();
         QCOMPARE(hist, wantHist);
+    }
+}
+
+void TestTimeline::kerasRun() {
+    const QJsonObject want = expected().value(QStringLiteral("keras_run")).toObject();
+    const Run run = discoverRun(want.value(QStringLiteral("dir")).toString().toStdString());
+    QStringList labels;
+    for (const RunEntry& e : run.entries)
+        labels << QString::fromStdString(e.label);
+    QStringList order;
+    for (const auto& v : want.value(QStringLiteral("order")).toArray())
+        order << v.toString();
+    QCOMPARE(labels, order);
+    const auto t = computeTimeline(run, want.value(QStringLiteral("tensor")).toString().toStdString(), 10);
+    QVERIFY(t);
+    const QJsonArray points = want.value(QStringLiteral("points")).toArray();
+    QCOMPARE(t->points.size(), std::size_t(points.size()));
+    for (int i = 0; i < points.size(); ++i) {
+        const QJsonObject p = points[i].toObject();
+        const RunPoint& got = t->points[static_cast<std::size_t>(i)];
+        QVERIFY2(got.present && got.error.empty(), got.error.c_str());
+        QVERIFY(close(got.norm, p.value(QStringLiteral("norm")).toDouble()));
+        QVERIFY(close(got.mean, p.value(QStringLiteral("mean")).toDouble(), 1e-8));
+        QVERIFY(close(got.std, p.value(QStringLiteral("std")).toDouble()));
+        QCOMPARE(bool(got.change), !p.value(QStringLiteral("change")).isNull());
+        if (got.change)
+            QVERIFY(close(*got.change, p.value(QStringLiteral("change")).toDouble()));
     }
 }
 
