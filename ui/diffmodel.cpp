@@ -193,6 +193,7 @@ int DiffModel::insert(const std::string& name, std::unordered_map<std::string, i
 void DiffModel::updateTensors(const std::vector<TensorDiff>& diffs) {
     if (diffs.empty())
         return;
+    std::vector<int> touched;
     for (const TensorDiff& d : diffs) {
         const auto it = m_byName.find(d.name);
         if (it == m_byName.end())
@@ -203,39 +204,48 @@ void DiffModel::updateTensors(const std::vector<TensorDiff>& diffs) {
             m_tensorPending[t] = false;
             --m_pending;
         }
-        const int node = m_tensorNode[t];
-        const Node& n = m_nodes[static_cast<std::size_t>(node)];
-        Q_EMIT dataChanged(index(n.row, 0, indexOf(n.parent, 0)),
-                           index(n.row, ColumnCount - 1, indexOf(n.parent, 0)));
+        touched.push_back(m_tensorNode[t]);
     }
     aggregate();
-    // Module rows: every one may have moved.
-    for (std::size_t i = 1; i < m_nodes.size(); ++i)
-        if (m_nodes[i].tensor < 0) {
-            const Node& n = m_nodes[i];
-            const QModelIndex parent = indexOf(n.parent, 0);
-            Q_EMIT dataChanged(index(n.row, 0, parent), index(n.row, ColumnCount - 1, parent));
+    announce(touched);
+}
+
+void DiffModel::announce(const std::vector<int>& nodes) {
+    // A view answers each dataChanged() by looking the row up among its laid-out rows, a linear search for
+    // a row inside a collapsed module: a large batch is announced as one layout change instead (no row
+    // moves, so no persistent index changes).
+    if (nodes.size() > kBatchRows) {
+        Q_EMIT layoutAboutToBeChanged({}, QAbstractItemModel::NoLayoutChangeHint);
+        Q_EMIT layoutChanged({}, QAbstractItemModel::NoLayoutChangeHint);
+        return;
+    }
+    std::vector<bool> seen(m_nodes.size(), false);
+    for (int node : nodes)
+        for (int n = node; n > 0 && !seen[static_cast<std::size_t>(n)];
+             n = m_nodes[static_cast<std::size_t>(n)].parent) {
+            seen[static_cast<std::size_t>(n)] = true; // the row and the modules summing it
+            const Node& x = m_nodes[static_cast<std::size_t>(n)];
+            const QModelIndex parent = indexOf(x.parent, 0);
+            Q_EMIT dataChanged(index(x.row, 0, parent), index(x.row, ColumnCount - 1, parent));
         }
 }
 
 void DiffModel::finishPending(bool cancelled) {
     Q_UNUSED(cancelled);
-    // Rows left pending keep their "comparing…" mark only while something runs.
     if (m_pending == 0)
         return;
+    // Rows still waiting when the comparison stopped were never compared.
+    std::vector<int> touched;
     for (std::size_t t = 0; t < m_tensorPending.size(); ++t)
         if (m_tensorPending[t]) {
             m_tensorPending[t] = false;
             m_tensors[t].status = DiffStatus::Error;
             m_tensors[t].error = "the comparison was cancelled before this tensor";
+            touched.push_back(m_tensorNode[t]);
         }
     m_pending = 0;
     aggregate();
-    for (std::size_t i = 1; i < m_nodes.size(); ++i) {
-        const Node& n = m_nodes[i];
-        const QModelIndex parent = indexOf(n.parent, 0);
-        Q_EMIT dataChanged(index(n.row, 0, parent), index(n.row, ColumnCount - 1, parent));
-    }
+    announce(touched);
 }
 
 void DiffModel::aggregate() {

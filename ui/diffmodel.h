@@ -79,6 +79,8 @@ private:
     };
     int statusOf(const Node& n) const;
     int insert(const std::string& name, std::unordered_map<std::string, int>& modules);
+    void announce(const std::vector<int>& nodes);
+    static constexpr std::size_t kBatchRows = 64;
     void aggregate();
     QModelIndex indexOf(int node, int column) const;
 

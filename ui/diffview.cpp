@@ -168,7 +168,7 @@ DiffView::DiffView(const QString& pathA, const QString& pathB, QWidget* parent)
     connect(m_bins, &QSpinBox::valueChanged, m_restart, qOverload<>(&QTimer::start));
     connect(m_changedOnly, &QCheckBox::toggled, this, [this](bool on) {
         m_proxy->setChangedOnly(on);
-        if (on)
+        if (on && m_model->tensors().size() <= 2000)
             m_tree->expandAll();
     });
     connect(m_cancelButton, &QToolButton::clicked, this, &DiffView::cancel);
@@ -219,7 +219,9 @@ void DiffView::onLoaded() {
         return;
     }
     m_model->setStructure(m_loaded->a->checkpoint, m_loaded->b->checkpoint, m_loaded->structure, true);
-    m_tree->expandToDepth(0);
+    // Expanding rows one by one costs the view a copy each: only a short first level is opened.
+    if (m_proxy->rowCount() <= 100)
+        m_tree->expandToDepth(0);
     m_tree->resizeColumnToContents(DiffModel::NameColumn);
     m_tree->header()->resizeSection(DiffModel::NameColumn,
                                     std::max(m_tree->header()->sectionSize(DiffModel::NameColumn), 220));

@@ -250,7 +250,8 @@ void TimelineView::onLoaded() {
         skipped << QString::fromStdString(printable(s));
     m_header->setToolTip(skipped.join(QLatin1Char('\n')));
     m_model->setCheckpoint(m_run->last);
-    m_tree->expandToDepth(0);
+    if (m_proxy->rowCount() <= 100) // expanding costs the view a copy per row: only a short first level
+        m_tree->expandToDepth(0);
     m_tree->resizeColumnToContents(ModuleTreeModel::NameColumn);
     Q_EMIT statusMessage(text);
     Q_EMIT loadFinished(true);

@@ -76,6 +76,7 @@ private Q_SLOTS:
     void overlayHistograms();
     void cancelStopsTheComparison();
     void openedFromTheWindow();
+    void hundredThousandTensors();
 
 private:
     QJsonObject m_diff;
@@ -262,6 +263,27 @@ void TestDiffView::openedFromTheWindow() {
     QCOMPARE(w.tabs()->tabText(w.tabs()->currentIndex()), QStringLiteral("diff_a.pt ⟷ diff_b.pt"));
     QSignalSpy done(view, &DiffView::comparisonFinished);
     QVERIFY(done.wait(30000));
+}
+
+void TestDiffView::hundredThousandTensors() {
+    // Figures arrive in large batches here, announced as layout changes: the tester checks them too.
+    const QString many =
+        expected().value(QStringLiteral("many")).toObject().value(QStringLiteral("file")).toString();
+    DiffView view(many, many);
+    QAbstractItemModelTester proxyTester(view.proxy(),
+                                         QAbstractItemModelTester::FailureReportingMode::QtTest);
+    QSignalSpy done(&view, &DiffView::comparisonFinished);
+    QVERIFY(done.wait(300000));
+    QCOMPARE(done.first().first().toBool(), false);
+    QCOMPARE(view.model()->tensors().size(), std::size_t(100000));
+    QCOMPARE(view.model()->pendingCount(), 0);
+    QCOMPARE(view.model()->rowCount(), 100000); // layer0 ... layer99999
+    for (const TensorDiff& d : view.model()->tensors())
+        QCOMPARE(d.status, DiffStatus::Same);
+    QCOMPARE(DiffModel::statusText(view.model()->index(99999, 0).data(DiffModel::StatusRole).toInt()),
+             QStringLiteral("same"));
+    view.setChangedOnly(true);
+    QCOMPARE(view.proxy()->rowCount(), 0);
 }
 
 QTEST_MAIN(TestDiffView)
