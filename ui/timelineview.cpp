@@ -245,6 +245,7 @@ void TimelineView::onLoaded() {
     if (!run.skipped.empty())
         text += tr(" (%n file(s) left out)", nullptr, static_cast<int>(run.skipped.size()));
     m_header->setText(text);
+    m_titleLabel->setText(tr("Choose a tensor or a module in the tree to see it across the run."));
     QStringList skipped;
     for (const auto& s : run.skipped)
         skipped << QString::fromStdString(printable(s));

@@ -89,10 +89,10 @@ int main(int argc, char** argv) {
         if (parser.value(page) == QLatin1String("overlay"))
             view->setHistogramMode(ckpt::ui::TimelineView::HistogramMode::Overlay);
         QObject::connect(view, &ckpt::ui::TimelineView::loadFinished, &window, [&, view](bool ok) {
-            if (!ok)
+            if (!ok || !parser.isSet(select))
+                finishWhenDrawn(view, ok);
+            else if (!view->selectName(parser.value(select)))
                 finishWhenDrawn(view, false);
-            else if (!parser.isSet(select) || !view->selectName(parser.value(select)))
-                view->selectName(QString());
         });
         QObject::connect(view, &ckpt::ui::TimelineView::finished, &window,
                          [&, view](bool cancelled) { finishWhenDrawn(view, !cancelled); });

@@ -262,6 +262,9 @@ diff_a = os.path.join(out, "diff_a.pt")
 diff_b = os.path.join(out, "diff_b.pt")
 torch.save({**sd_a, "epoch": 3}, diff_a)
 torch.save({**sd_b, "epoch": 4, "note": "fine-tuned"}, diff_b)
+# The same weights as B under DataParallel's names.
+diff_b_module = os.path.join(out, "diff_b_module.pt")
+torch.save({"module." + k: v for k, v in sd_b.items()}, diff_b_module)
 DIFF_BINS = 32
 statuses, figures = {}, {}
 for k in sd_a:
@@ -290,7 +293,7 @@ a2, b2 = sd_a["2.weight"].double().flatten().numpy(), sd_b["2.weight"].double().
 lo2, hi2 = min(a2.min(), b2.min()), max(a2.max(), b2.max())
 d2 = b2 - a2
 expected["diff"] = {
-    "a": diff_a, "b": diff_b, "statuses": statuses, "figures": figures,
+    "a": diff_a, "b": diff_b, "b_module": diff_b_module, "b_tensors": len(sd_b), "statuses": statuses, "figures": figures,
     "modules": {"0": module_rel},
     "values": {"epoch": ["changed", "3 → 4"], "note": ["added", "'fine-tuned'"]},
     "overlay": {"name": "2.weight", "bins": DIFF_BINS, "lo": float(lo2), "hi": float(hi2),

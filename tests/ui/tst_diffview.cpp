@@ -77,6 +77,7 @@ private Q_SLOTS:
     void cancelStopsTheComparison();
     void openedFromTheWindow();
     void hundredThousandTensors();
+    void prefixedCopyIsTheSame();
 
 private:
     QJsonObject m_diff;
@@ -284,6 +285,23 @@ void TestDiffView::hundredThousandTensors() {
              QStringLiteral("same"));
     view.setChangedOnly(true);
     QCOMPARE(view.proxy()->rowCount(), 0);
+}
+
+void TestDiffView::prefixedCopyIsTheSame() {
+    DiffView view(m_diff.value(QStringLiteral("b")).toString(),
+                  m_diff.value(QStringLiteral("b_module")).toString());
+    QAbstractItemModelTester tester(view.model(), QAbstractItemModelTester::FailureReportingMode::QtTest);
+    QSignalSpy done(&view, &DiffView::comparisonFinished);
+    QVERIFY(done.wait(30000));
+    QCOMPARE(QString::fromStdString(view.loaded()->structure.alignment.prefixB), QStringLiteral("module."));
+    QCOMPARE(qsizetype(view.model()->tensors().size()),
+             qsizetype(m_diff.value(QStringLiteral("b_tensors")).toInt()));
+    for (const TensorDiff& d : view.model()->tensors())
+        QVERIFY2(d.status == DiffStatus::Same, d.name.c_str());
+    // Tensors are shown under B's names, every module the same.
+    const QModelIndex top = view.model()->index(0, 0);
+    QCOMPARE(top.data().toString(), QStringLiteral("module"));
+    QCOMPARE(DiffModel::statusText(top.data(DiffModel::StatusRole).toInt()), QStringLiteral("same"));
 }
 
 QTEST_MAIN(TestDiffView)
