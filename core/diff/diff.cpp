@@ -167,7 +167,13 @@ KeyAlignment alignKeys(const Checkpoint& a, const Checkpoint& b, const DiffOptio
             if (v.size() <= kMaxPrefixesPerSuffix)
                 v.push_back(prefix);
         });
-    std::map<std::pair<std::string_view, std::string_view>, std::size_t> votes;
+    struct PairHash {
+        std::size_t operator()(const std::pair<std::string_view, std::string_view>& p) const noexcept {
+            const std::hash<std::string_view> h;
+            return h(p.first) * 1000003u ^ h(p.second);
+        }
+    };
+    std::unordered_map<std::pair<std::string_view, std::string_view>, std::size_t, PairHash> votes;
     for (auto n : nb)
         cuts(n, [&](std::string_view prefix, std::string_view rest) {
             const auto found = prefixesOfRest.find(rest);
@@ -184,8 +190,11 @@ KeyAlignment alignKeys(const Checkpoint& a, const Checkpoint& b, const DiffOptio
     std::sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) {
         if (x.first != y.first)
             return x.first > y.first;
-        return x.second.first.size() + x.second.second.size() <
-               y.second.first.size() + y.second.second.size();
+        const std::size_t lx = x.second.first.size() + x.second.second.size();
+        const std::size_t ly = y.second.first.size() + y.second.second.size();
+        if (lx != ly)
+            return lx < ly;
+        return x.second < y.second;
     });
     if (ranked.size() > kCandidates)
         ranked.resize(kCandidates);
@@ -595,8 +604,7 @@ bool rawComparable(const RangeReader& a, const RangeReader& b) {
     const TensorInfo& tb = b.reader().tensor();
     return ta.dtype == tb.dtype && !a.block() && a.contiguous() && b.contiguous() &&
            a.swapped() == b.swapped() && ta.quant.scheme == QuantInfo::Scheme::None &&
-           tb.quant.scheme == QuantInfo::Scheme::None && ta.dtype != DType::Complex32 &&
-           ta.dtype != DType::Complex64 && ta.dtype != DType::Complex128;
+           tb.quant.scheme == QuantInfo::Scheme::None;
 }
 
 // A guarded kernel over raw bytes of both sides (same dtype, contiguous).

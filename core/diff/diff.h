@@ -13,7 +13,8 @@
 // is matched by what follows the prefix; a name that does not is matched as it is.
 //
 // Figures for a tensor present on both sides with the same number of elements (A and B converted to double,
-// the differences d = B - A taken element by element in row-major order):
+// complex values by their magnitude as TensorReader converts them, the differences d = B - A taken element
+// by element in row-major order):
 //   max_abs           max |d|
 //   mean_abs          sum |d| / n
 //   rel_l2            ||d|| / ||A||   (0 when both are 0, +inf when only ||A|| is 0)

@@ -11,16 +11,24 @@ times, each in a fresh process with its peak memory from GNU time, the files alr
   - `ckpt diff A B --json`;
   - a PyTorch script that loads both files and computes the same figures per tensor in float64 (max and mean
     absolute difference, relative L2 change, cosine similarity, share of changed elements).
-The figures of both are compared once before timing. See tests/bench/README.md.
+The figures of both are compared once before timing, with each other and, on a few tensors, with exactly
+rounded sums (math.fsum). See tests/bench/README.md.
 """
 
 import argparse
+import collections
+import io
 import json
+import math
 import os
+import pickle
 import statistics
 import subprocess
 import sys
 import time
+import zipfile
+
+import numpy as np
 
 PYTHON = "/usr/bin/python3"        # Debian's python3-torch lives here; the python3 on PATH has no torch
 
@@ -109,6 +117,43 @@ def bench(cmd, runs, ok=(0,)):
     return statistics.median(s[0] for s in samples), max(s[1] for s in samples), [s[0] for s in samples]
 
 
+def tensor_records(path):
+    """{name: zip record of its storage} for the checkpoints written here (contiguous float32 tensors that
+    each own a storage from byte 0), from the pickle, without torch: a restricted unpickler that keeps the
+    storage key of each tensor."""
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                return lambda storage, offset, size, *rest: (storage, offset, tuple(size))
+            if (module, name) == ("collections", "OrderedDict"):
+                return collections.OrderedDict
+            if module == "torch" and name.endswith("Storage"):
+                return name
+            raise pickle.UnpicklingError("unexpected global %s.%s" % (module, name))
+
+        def persistent_load(self, pid):
+            return pid[2]  # ('storage', type, key, location, numel)
+
+    z = zipfile.ZipFile(path)
+    pkl = [n for n in z.namelist() if n.endswith("/data.pkl")][0]
+    obj = Unpickler(io.BytesIO(z.read(pkl))).load()
+    folder = pkl[:-len("data.pkl")]
+    out = {}
+    for name, (key, offset, shape) in obj["model"].items():
+        assert offset == 0
+        out["model." + name] = folder + "data/" + key
+    return z, out
+
+
+def exact_figures(a, b):
+    """The figures with exactly rounded sums (math.fsum), the truth both tools are measured against."""
+    d = b - a
+    sd, sa, sb, ab = (math.fsum(v) for v in (d * d, a * a, b * b, a * b))
+    return {"max_abs": float(np.abs(d).max()), "mean_abs": math.fsum(np.abs(d)) / d.size,
+            "rel_l2": math.sqrt(sd) / math.sqrt(sa), "cosine": ab / math.sqrt(sa * sb),
+            "changed_fraction": float(np.count_nonzero(d)) / d.size}
+
+
 def check_figures(ckpt, a, b, workdir, threads):
     """Both tools' figures on these files, compared: the largest relative disagreement per figure."""
     proc = subprocess.run([ckpt, "diff", a, b, "--json"], stdout=subprocess.PIPE, check=False)
@@ -134,6 +179,21 @@ def check_figures(ckpt, a, b, workdir, threads):
             worst[k] = max(worst.get(k, 0.0), err)
     print("figures checked against PyTorch: %d tensors changed, %d identical; largest relative difference: %s"
           % (len(changed), got["identical"], ", ".join("%s %.1e" % kv for kv in sorted(worst.items()))))
+    # Against exactly rounded sums, on a few of the changed tensors: which of the two is closer to the truth.
+    za, ra = tensor_records(a)
+    zb, rb = tensor_records(b)
+    err = {"ckpt": {}, "PyTorch": {}}
+    for name in sorted(changed)[:8]:
+        x = np.frombuffer(za.read(ra[name]), dtype="<f4").astype(np.float64)
+        y = np.frombuffer(zb.read(rb[name]), dtype="<f4").astype(np.float64)
+        truth = exact_figures(x, y)
+        for tool, figures in (("ckpt", changed[name]), ("PyTorch", ref[name])):
+            for k, v in truth.items():
+                e = abs(figures[k] - v) / max(abs(v), 1e-300)
+                err[tool][k] = max(err[tool].get(k, 0.0), e)
+    for tool, e in err.items():
+        print("  %s against exactly rounded sums (8 tensors), largest relative error: %s"
+              % (tool, ", ".join("%s %.1e" % kv for kv in sorted(e.items()))))
 
 
 def main():
@@ -145,6 +205,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch intra-op threads")
     ap.add_argument("--no-check", action="store_true", help="skip the comparison of the figures")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
 
     ckpt = os.path.abspath(args.ckpt)
     if not os.access(ckpt, os.X_OK):
