@@ -54,6 +54,7 @@ private Q_SLOTS:
     void figuresEqualPyTorch_data();
     void figuresEqualPyTorch();
     void kerasRun();
+    void unreadableCheckpointInTheMiddle();
     void viewDrawsTheFigures();
     void cancelStopsTheWorker();
 
@@ -255,6 +256,42 @@ void TestTimeline::kerasRun() {
         if (got.change)
             QVERIFY(close(*got.change, p.value(QStringLiteral("change")).toDouble()));
     }
+}
+
+void TestTimeline::unreadableCheckpointInTheMiddle() {
+    // Epoch 2 is not a checkpoint: it says so, the others keep their figures, and epoch 3 has no change to
+    // show (nothing readable before it).
+    const QString src = m_run.value(QStringLiteral("dir")).toString();
+    QTemporaryDir dir;
+    QVERIFY(QFile::copy(src + QStringLiteral("/ckpt_epoch_1.pt"),
+                        dir.filePath(QStringLiteral("ckpt_epoch_1.pt"))));
+    QVERIFY(QFile::copy(src + QStringLiteral("/ckpt_epoch_3.pt"),
+                        dir.filePath(QStringLiteral("ckpt_epoch_3.pt"))));
+    {
+        QFile bad(dir.filePath(QStringLiteral("ckpt_epoch_2.pt")));
+        QVERIFY(bad.open(QIODevice::WriteOnly));
+        bad.write("this is not a checkpoint at all");
+    }
+    const Run run = discoverRun(dir.path().toStdString());
+    QCOMPARE(run.entries.size(), std::size_t(3));
+    const auto t = computeTimeline(run, "model.0.weight", 10);
+    QVERIFY(t);
+    QVERIFY(t->points[0].present && t->points[0].error.empty());
+    QVERIFY(!t->points[1].present);
+    QCOMPARE(
+        QString::fromStdString(t->points[1].error),
+        dir.filePath(QStringLiteral("ckpt_epoch_2.pt")) +
+            QStringLiteral(": at byte 0: not a recognised checkpoint format (first bytes: 74 68 69 73 20 69 "
+                           "73 20)"));
+    QVERIFY(t->points[2].present && t->points[2].error.empty());
+    QVERIFY(!t->points[2].change);
+    const QJsonArray want = m_run.value(QStringLiteral("tensors"))
+                                .toObject()
+                                .value(QStringLiteral("model.0.weight"))
+                                .toObject()
+                                .value(QStringLiteral("points"))
+                                .toArray();
+    QVERIFY(close(t->points[2].norm, want[2].toObject().value(QStringLiteral("norm")).toDouble()));
 }
 
 void TestTimeline::viewDrawsTheFigures() {
