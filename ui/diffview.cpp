@@ -231,10 +231,10 @@ void DiffView::onLoaded() {
             m_tree->resizeColumnToContents(c);
         columns += m_tree->header()->sectionSize(c);
     }
-    // The tree as wide as its columns, up to three fifths of the view; the plots take the rest.
+    // The tree as wide as its columns, up to 65 % of the view; the plots take the rest.
     if (auto* splitter = qobject_cast<QSplitter*>(m_tree->parentWidget())) {
         const int total = std::max(splitter->width(), 800);
-        const int tree = std::min(columns + 24, total * 3 / 5);
+        const int tree = std::min(columns + 24, total * 13 / 20);
         splitter->setSizes({tree, total - tree});
     }
     updateHeader();
@@ -422,7 +422,8 @@ void DiffView::showFigures() {
     if (m_selectedTensor >= 0) {
         const TensorDiff& d = m_model->tensors()[static_cast<std::size_t>(m_selectedTensor)];
         if (d.values && status != DiffModel::kPending)
-            text += tr(" · mean&nbsp;|B−A|&nbsp;%1").arg(number(d.values->meanAbs()));
+            text += tr(" · <span style='white-space:nowrap'>mean |B−A| %1</span>")
+                        .arg(number(d.values->meanAbs()));
         if (!d.error.empty())
             text += QStringLiteral("<br>") + QString::fromStdString(printable(d.error)).toHtmlEscaped();
     }
