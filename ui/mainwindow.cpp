@@ -2,6 +2,8 @@
 
 #include "checkpointview.h"
 #include "exportdialog.h"
+#include "diffview.h"
+#include "timelineview.h"
 
 #include <QAction>
 #include <QApplication>
@@ -44,6 +46,9 @@ MainWindow::MainWindow(QWidget* parent)
     QMenu* file = menuBar()->addMenu(tr("&File"));
     file->addAction(tr("&Open…"), QKeySequence::Open, this, &MainWindow::openDialog);
     m_recentMenu = file->addMenu(tr("Open &Recent"));
+    file->addAction(tr("Open R&un…"), this, &MainWindow::openRunDialog);
+    file->addAction(tr("Co&mpare…"), this, [this] { compareDialog(false); });
+    QAction* compareWith = file->addAction(tr("Compare &With…"), this, [this] { compareDialog(true); });
     QAction* reload = file->addAction(tr("Re&load"), QKeySequence::Refresh, this, [this] {
         if (auto* v = currentView())
             v->reload();
@@ -73,7 +78,8 @@ MainWindow::MainWindow(QWidget* parent)
         if (auto* v = currentView())
             v->showValues();
     });
-    m_viewActions = {reload, close, copy, find, stats, values, exportAction};
+    m_viewActions = {reload, copy, find, stats, values, compareWith, exportAction};
+    m_closeAction = close; // closes any tab: a checkpoint, a comparison or a run
 
     QMenu* help = menuBar()->addMenu(tr("&Help"));
     help->addAction(tr("&About"), this, [this] {
@@ -128,6 +134,59 @@ CheckpointView* MainWindow::openFile(const QString& path) {
     });
     updateActions();
     return view;
+}
+
+DiffView* MainWindow::openDiff(const QString& pathA, const QString& pathB) {
+    auto* view = new DiffView(pathA, pathB, m_tabs);
+    const int index = m_tabs->addTab(view, view->title());
+    m_tabs->setTabToolTip(index, view->pathA() + QStringLiteral("\n") + view->pathB());
+    m_tabs->setCurrentIndex(index);
+    connect(view, &DiffView::statusMessage, this,
+            [this](const QString& text) { statusBar()->showMessage(text); });
+    updateActions();
+    return view;
+}
+
+TimelineView* MainWindow::openRun(const QStringList& paths) {
+    QStringList absolute;
+    for (const QString& p : paths)
+        absolute << QFileInfo(p).absoluteFilePath();
+    auto* view = new TimelineView(absolute, m_tabs);
+    const int index = m_tabs->addTab(view, view->title());
+    m_tabs->setTabToolTip(index, absolute.join(QLatin1Char('\n')));
+    m_tabs->setCurrentIndex(index);
+    connect(view, &TimelineView::statusMessage, this,
+            [this](const QString& text) { statusBar()->showMessage(text); });
+    updateActions();
+    return view;
+}
+
+void MainWindow::compareDialog(bool withCurrent) {
+    QSettings settings;
+    const QString dir = settings.value(QStringLiteral("lastDirectory")).toString();
+    const QString filter =
+        tr("Checkpoints (*.pt *.pth *.bin *.ckpt *.tar *.pkl *.safetensors *.json *.index *.gguf "
+           "*.npy *.npz *.h5 *.keras);;All files (*)");
+    QString a;
+    if (withCurrent && currentView())
+        a = currentView()->path();
+    else
+        a = QFileDialog::getOpenFileName(this, tr("Compare: First Checkpoint (A)"), dir, filter);
+    if (a.isEmpty())
+        return;
+    const QString b = QFileDialog::getOpenFileName(
+        this, tr("Compare %1 With (B)").arg(QFileInfo(a).fileName()), QFileInfo(a).absolutePath(), filter);
+    if (!b.isEmpty())
+        openDiff(a, b);
+}
+
+void MainWindow::openRunDialog() {
+    QSettings settings;
+    const QString dir =
+        QFileDialog::getExistingDirectory(this, tr("Open Run: Directory of Checkpoints"),
+                                          settings.value(QStringLiteral("lastDirectory")).toString());
+    if (!dir.isEmpty())
+        openRun({dir});
 }
 
 void MainWindow::openDialog() {
@@ -187,8 +246,11 @@ void MainWindow::updateActions() {
     m_stack->setCurrentIndex(m_tabs->count() > 0 ? 1 : 0);
     for (QAction* a : m_viewActions)
         a->setEnabled(open);
+    m_closeAction->setEnabled(m_tabs->count() > 0);
     if (auto* v = currentView())
         setWindowTitle(tr("%1 — Checkpoint Browser").arg(QFileInfo(v->path()).fileName()));
+    else if (m_tabs->currentWidget())
+        setWindowTitle(tr("%1 — Checkpoint Browser").arg(m_tabs->tabText(m_tabs->currentIndex())));
     else
         setWindowTitle(tr("Checkpoint Browser"));
 }

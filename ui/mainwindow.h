@@ -10,6 +10,8 @@ namespace ckpt::ui {
 
 class CheckpointView;
 class ExportDialog;
+class DiffView;
+class TimelineView;
 
 // The browser window: one tab per open checkpoint, File > Open / Open Recent / Reload, drag and drop,
 // window state kept across runs.
@@ -20,6 +22,10 @@ public:
 
     CheckpointView* openFile(const QString& path);
     CheckpointView* currentView() const;
+    // Diff mode: two checkpoints compared in a tab of their own.
+    DiffView* openDiff(const QString& pathA, const QString& pathB);
+    // A training run over time: a directory, a TensorFlow `checkpoint` state file, or several files.
+    TimelineView* openRun(const QStringList& paths);
     QTabWidget* tabs() const { return m_tabs; }
     QStringList recentFiles() const;
     // File > Export…: a dialog on the current checkpoint (deleted when closed), or null when none is open.
@@ -32,6 +38,8 @@ protected:
 
 private:
     void openDialog();
+    void compareDialog(bool withCurrent);
+    void openRunDialog();
     void addRecent(const QString& path);
     void rebuildRecentMenu();
     void closeTab(int index);
@@ -41,6 +49,7 @@ private:
     QStackedWidget* m_stack;
     QMenu* m_recentMenu;
     QList<QAction*> m_viewActions; // enabled only while a checkpoint is open
+    QAction* m_closeAction = nullptr;
 };
 
 } // namespace ckpt::ui

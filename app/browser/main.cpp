@@ -1,8 +1,10 @@
 // ckpt-browser: the desktop window. Argument parsing only; the window is in ckptui.
 
 #include "checkpointview.h"
+#include "diffview.h"
 #include "histogrampage.h"
 #include "mainwindow.h"
+#include "timelineview.h"
 
 #include <QApplication>
 #include <QCommandLineParser>
@@ -33,9 +35,10 @@ int main(int argc, char** argv) {
     const QCommandLineOption select(QStringLiteral("select"),
                                     QStringLiteral("Select a tensor or module by its full name."),
                                     QStringLiteral("NAME"));
-    const QCommandLineOption page(QStringLiteral("page"),
-                                  QStringLiteral("Page to show: details, statistics or values."),
-                                  QStringLiteral("PAGE"), QStringLiteral("details"));
+    const QCommandLineOption page(
+        QStringLiteral("page"),
+        QStringLiteral("Page to show: details, statistics or values (with --run: ridges or overlay)."),
+        QStringLiteral("PAGE"), QStringLiteral("details"));
     const QCommandLineOption ready(
         QStringLiteral("report-ready"),
         QStringLiteral("Print 'ready' when the tree of the first file is shown (benchmarks)."));
@@ -45,12 +48,62 @@ int main(int argc, char** argv) {
     const QCommandLineOption shot(QStringLiteral("screenshot"),
                                   QStringLiteral("Save a picture of the window when ready."),
                                   QStringLiteral("PNG"));
-    parser.addOptions({select, page, ready, quit, shot});
+    const QCommandLineOption diff(QStringLiteral("diff"),
+                                  QStringLiteral("Compare two checkpoints: --diff A B."));
+    const QCommandLineOption run(
+        QStringLiteral("run"),
+        QStringLiteral("Open the files, or the directory, as one training run over time."));
+    parser.addOptions({select, page, ready, quit, shot, diff, run});
     parser.process(app);
 
     ckpt::ui::MainWindow window;
     window.show();
     const QStringList files = parser.positionalArguments();
+    // Diff mode and run timelines: a picture once the figures are drawn (and the selection's, with --select).
+    auto finishWhenDrawn = [&](QWidget* view, bool ok) {
+        QTimer::singleShot(150, view, [&, ok] {
+            if (parser.isSet(shot))
+                window.grab().save(parser.value(shot));
+            if (parser.isSet(quit))
+                QApplication::exit(ok ? 0 : 2);
+        });
+    };
+    if (parser.isSet(diff)) {
+        if (files.size() != 2)
+            parser.showHelp(2);
+        auto* view = window.openDiff(files[0], files[1]);
+        QObject::connect(view, &ckpt::ui::DiffView::loadFinished, &window, [&, view](bool ok) {
+            if (!ok)
+                finishWhenDrawn(view, false);
+            else if (parser.isSet(select))
+                view->selectName(parser.value(select));
+        });
+        QObject::connect(view, &ckpt::ui::DiffView::comparisonFinished, &window, [&, view] {
+            if (!parser.isSet(select) || view->histograms())
+                finishWhenDrawn(view, true);
+        });
+        QObject::connect(view, &ckpt::ui::DiffView::histogramsFinished, &window, [&, view] {
+            if (!view->isComparing())
+                finishWhenDrawn(view, true);
+        });
+        return QApplication::exec();
+    }
+    if (parser.isSet(run)) {
+        if (files.isEmpty())
+            parser.showHelp(2);
+        auto* view = window.openRun(files);
+        if (parser.value(page) == QLatin1String("overlay"))
+            view->setHistogramMode(ckpt::ui::TimelineView::HistogramMode::Overlay);
+        QObject::connect(view, &ckpt::ui::TimelineView::loadFinished, &window, [&, view](bool ok) {
+            if (!ok || !parser.isSet(select))
+                finishWhenDrawn(view, ok);
+            else if (!view->selectName(parser.value(select)))
+                finishWhenDrawn(view, false);
+        });
+        QObject::connect(view, &ckpt::ui::TimelineView::finished, &window,
+                         [&, view](bool cancelled) { finishWhenDrawn(view, !cancelled); });
+        return QApplication::exec();
+    }
     ckpt::ui::CheckpointView* first = nullptr;
     for (const QString& f : files) {
         auto* v = window.openFile(f);

@@ -159,6 +159,149 @@ if not os.path.exists(many):
 expected["whole_module"] = {"file": os.path.join(out, "whole_module.pt"),
                             "flagged": ["(root)", "attn", "norm"]}  # Block, Linear, LayerNorm
 expected["many"] = {"file": many, "tensors": 100_000}
+
+
+# ---- a training run: a small model trained for ten epochs with real PyTorch, a checkpoint saved per epoch
+# (model and optimizer) under unpadded names, so that natural order matters (epoch_2 before epoch_10).
+run_dir = os.path.join(out, "run")
+os.makedirs(run_dir, exist_ok=True)
+torch.manual_seed(5)
+run_model = torch.nn.Sequential(torch.nn.Linear(16, 128), torch.nn.ReLU(), torch.nn.Linear(128, 3))
+run_opt = torch.optim.Adam(run_model.parameters(), lr=0.02)
+xs, ys = torch.randn(64, 16), torch.randint(0, 3, (64,))
+epochs = list(range(1, 11))
+saved = {}
+for epoch in epochs:
+    for _ in range(5):
+        run_opt.zero_grad()
+        torch.nn.functional.cross_entropy(run_model(xs), ys).backward()
+        run_opt.step()
+    state = {"epoch": epoch, "model": run_model.state_dict(), "optimizer": run_opt.state_dict()}
+    torch.save(state, os.path.join(run_dir, f"ckpt_epoch_{epoch}.pt"))
+    saved[epoch] = {k: v.detach().clone() for k, v in run_model.state_dict().items()}
+# Files the run must leave out: no step in the name, not a checkpoint.
+torch.save({"w": torch.zeros(2)}, os.path.join(run_dir, "best.pt"))
+with open(os.path.join(run_dir, "notes.txt"), "w") as f:
+    f.write("not a checkpoint\n")
+
+RUN_BINS = 20
+
+
+def run_figures(select):
+    """norm, mean, std (ddof=1) and change of the selected tensors, all elements together, per epoch; and
+    histograms over the common range of the run, as numpy.histogram(range=...) bins them."""
+    flat = [torch.cat([saved[e][k].double().flatten() for k in select]) for e in epochs]
+    lo = min(float(f.min()) for f in flat)
+    hi = max(float(f.max()) for f in flat)
+    points = []
+    for i, f in enumerate(flat):
+        p = {"epoch": epochs[i], "norm": float(f.norm()), "mean": float(f.mean()), "std": float(f.std()),
+             "count": int(f.numel()),
+             "histogram": np.histogram(f.numpy(), bins=RUN_BINS, range=(lo, hi))[0].tolist()}
+        p["change"] = None if i == 0 else float((f - flat[i - 1]).norm() / flat[i - 1].norm())
+        points.append(p)
+    return {"lo": lo, "hi": hi, "points": points}
+
+
+model_keys = list(saved[1].keys())
+expected["run"] = {
+    "dir": run_dir,
+    "order": [f"ckpt_epoch_{e}.pt" for e in epochs],
+    "steps": epochs,
+    "bins": RUN_BINS,
+    "skipped": ["best.pt"],
+    "tensors": {"model.0.weight": run_figures(["0.weight"]),
+                "model.2.bias": run_figures(["2.bias"])},
+    "modules": {"model": run_figures(model_keys)},
+}
+
+# ---- a Keras run: save_weights('keras_model_NN.h5') files written with h5py in Keras 2's layout, a kernel
+# drifting from epoch to epoch; figures by NumPy.
+import h5py  # noqa: E402
+
+keras_dir = os.path.join(out, "keras_run")
+os.makedirs(keras_dir, exist_ok=True)
+rng = np.random.default_rng(21)
+kernel = rng.standard_normal((24, 8)).astype(np.float32)
+keras_epochs = [5, 10, 15]
+keras_points = []
+prev = None
+for epoch in keras_epochs:
+    kernel = (kernel + 0.05 * rng.standard_normal(kernel.shape)).astype(np.float32)
+    with h5py.File(os.path.join(keras_dir, f"keras_model_{epoch:02d}.h5"), "w") as f:
+        f.attrs["layer_names"] = np.array([b"d"], dtype="S")
+        f.attrs["backend"] = b"tensorflow"
+        f.create_dataset("d/d/bias:0", data=np.zeros(8, dtype=np.float32))
+        f.create_dataset("d/d/kernel:0", data=kernel)
+        f["d"].attrs["weight_names"] = np.array([b"d/kernel:0", b"d/bias:0"], dtype="S")
+    k = kernel.astype(np.float64).ravel()
+    keras_points.append({"norm": float(np.linalg.norm(k)), "mean": float(k.mean()), "std": float(k.std(ddof=1)),
+                         "change": None if prev is None else float(np.linalg.norm(k - prev) / np.linalg.norm(prev))})
+    prev = k
+expected["keras_run"] = {"dir": keras_dir, "order": [f"keras_model_{e:02d}.h5" for e in keras_epochs],
+                         "tensor": "d.d.kernel", "points": keras_points}
+
+# ---- two checkpoints to compare: B is A one training step later, with one tensor removed, one added, one
+# reshaped and one left untouched.
+torch.manual_seed(9)
+diff_model = torch.nn.Sequential(torch.nn.Linear(5, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
+                                 torch.nn.Tanh(), torch.nn.Linear(64, 2))
+sd_a = {k: v.detach().clone() for k, v in diff_model.state_dict().items()}
+sd_a["frozen.weight"] = torch.randn(4, 4)
+sd_a["old.bias"] = torch.randn(7)
+sd_a["reshaped.weight"] = torch.randn(6, 2)
+diff_opt = torch.optim.SGD(diff_model.parameters(), lr=0.2)
+diff_opt.zero_grad()
+diff_model(torch.randn(16, 5)).pow(2).sum().backward()
+diff_opt.step()
+sd_b = {k: v.detach().clone() for k, v in diff_model.state_dict().items()}
+sd_b["frozen.weight"] = sd_a["frozen.weight"].clone()
+sd_b["new.bias"] = torch.randn(3)
+sd_b["reshaped.weight"] = torch.randn(3, 4)
+diff_a = os.path.join(out, "diff_a.pt")
+diff_b = os.path.join(out, "diff_b.pt")
+torch.save({**sd_a, "epoch": 3}, diff_a)
+torch.save({**sd_b, "epoch": 4, "note": "fine-tuned"}, diff_b)
+# The same weights as B under DataParallel's names.
+diff_b_module = os.path.join(out, "diff_b_module.pt")
+torch.save({"module." + k: v for k, v in sd_b.items()}, diff_b_module)
+DIFF_BINS = 32
+statuses, figures = {}, {}
+for k in sd_a:
+    if k not in sd_b:
+        statuses[k] = "removed"
+    elif sd_a[k].shape != sd_b[k].shape:
+        statuses[k] = "changed"
+    elif torch.equal(sd_a[k], sd_b[k]):
+        statuses[k] = "same"
+    else:
+        statuses[k] = "changed"
+for k in sd_b:
+    if k not in sd_a:
+        statuses[k] = "added"
+for k, st in statuses.items():
+    if st in ("changed", "same") and sd_a[k].shape == sd_b[k].shape:
+        a, b = sd_a[k].double().flatten(), sd_b[k].double().flatten()
+        d = b - a
+        figures[k] = {"rel_l2": float(d.norm() / a.norm()), "max_abs": float(d.abs().max()),
+                      "mean_abs": float(d.abs().mean()), "diff_squares": float(d.pow(2).sum()),
+                      "a_squares": float(a.pow(2).sum())}
+# The module "0" (first Linear) taken together: sqrt(sum ||b - a||^2) / sqrt(sum ||a||^2).
+mod = [k for k in figures if k.startswith("0.")]
+module_rel = (sum(figures[k]["diff_squares"] for k in mod) / sum(figures[k]["a_squares"] for k in mod)) ** 0.5
+a2, b2 = sd_a["2.weight"].double().flatten().numpy(), sd_b["2.weight"].double().flatten().numpy()
+lo2, hi2 = min(a2.min(), b2.min()), max(a2.max(), b2.max())
+d2 = b2 - a2
+expected["diff"] = {
+    "a": diff_a, "b": diff_b, "b_module": diff_b_module, "b_tensors": len(sd_b), "statuses": statuses, "figures": figures,
+    "modules": {"0": module_rel},
+    "values": {"epoch": ["changed", "3 → 4"], "note": ["added", "'fine-tuned'"]},
+    "overlay": {"name": "2.weight", "bins": DIFF_BINS, "lo": float(lo2), "hi": float(hi2),
+                "a": np.histogram(a2, bins=DIFF_BINS, range=(lo2, hi2))[0].tolist(),
+                "b": np.histogram(b2, bins=DIFF_BINS, range=(lo2, hi2))[0].tolist(),
+                "diff_lo": float(d2.min()), "diff_hi": float(d2.max()),
+                "diff": np.histogram(d2, bins=DIFF_BINS, range=(d2.min(), d2.max()))[0].tolist()},
+}
 with open(os.path.join(out, "gui_fixture.json"), "w") as f:
     json.dump(expected, f, indent=1)
 print("wrote", path)
