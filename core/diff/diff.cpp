@@ -1246,8 +1246,18 @@ std::optional<DiffHistograms> diffHistograms(const CheckpointPtr& a, const Tenso
             onChunk(ka, kb);
             done += ka * (ta.nbytes() / std::max<std::uint64_t>(1, ra.numel())) +
                     kb * (tb.nbytes() / std::max<std::uint64_t>(1, rb.numel()));
-            if (progress && (at / kChunk) % 256 == 0 && !progress(std::min(done, total), total))
-                return false;
+            if ((at / kChunk) % 256 == 255 || at + kChunk >= n) {
+                // hand the pages read back, as the comparison does, so that memory stays bounded
+                for (const RangeReader* r : {&ra, &rb})
+                    if (r->contiguous() && !r->block()) {
+                        const std::uint64_t from = (at / kChunk / 256) * 256 * kChunk;
+                        const std::uint64_t to = std::min(r->numel(), at + kChunk);
+                        if (to > from)
+                            r->file().release(r->rawOffset(from), (to - from) * r->elementSize());
+                    }
+                if (progress && !progress(std::min(done, total), total))
+                    return false;
+            }
         }
         return true;
     };
