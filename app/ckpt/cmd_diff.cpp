@@ -359,7 +359,9 @@ int runDiff(const std::vector<std::string>& args) {
     keepB = ckpt::openCheckpoint(d.b);
     bool trouble = ckpt::cli::reportErrors(*keepA, d.a);
     trouble = ckpt::cli::reportErrors(*keepB, d.b) || trouble;
-    const auto result = ckpt::diffCheckpoints(keepA, keepB, d.options);
+    // Kept until the process exits, as the checkpoints are: no teardown of a result per tensor.
+    static std::optional<ckpt::DiffResult> result;
+    result = ckpt::diffCheckpoints(keepA, keepB, d.options);
     if (!result)
         throw ckpt::Error(ckpt::ErrorCode::Cancelled, "the comparison was cancelled");
     for (const auto& t : result->tensors)

@@ -72,17 +72,25 @@ std::string alignedKey(std::string_view name, std::string_view prefix) {
 namespace {
 
 // Matches under a pair of prefixes: keys of A's names, looked up among keys of B's names.
+std::string_view keyView(std::string_view name, std::string_view prefix) {
+    if (!prefix.empty() && name.size() > prefix.size() && name.starts_with(prefix))
+        return name.substr(prefix.size());
+    return name;
+}
+
+// Matches under a pair of prefixes: keys of A's names, looked up among keys of B's names.
 std::size_t countMatches(const std::vector<std::string_view>& a, const std::vector<std::string_view>& b,
                          std::string_view pa, std::string_view pb) {
-    std::unordered_set<std::string> keysB;
+    std::unordered_set<std::string_view> keysB;
     keysB.reserve(b.size() * 2);
     for (auto n : b)
-        keysB.insert(alignedKey(n, pb));
-    std::unordered_set<std::string> seen;
+        keysB.insert(keyView(n, pb));
+    std::unordered_set<std::string_view> seen;
+    seen.reserve(a.size() * 2);
     std::size_t n = 0;
     for (auto name : a) {
-        std::string k = alignedKey(name, pa);
-        if (keysB.count(k) && seen.insert(std::move(k)).second)
+        const std::string_view k = keyView(name, pa);
+        if (keysB.count(k) && seen.insert(k).second)
             ++n;
     }
     return n;
@@ -120,7 +128,6 @@ std::string describe(const KeyAlignment& al) {
 }
 
 constexpr int kMaxPrefixSegments = 4; // candidate prefixes: up to this many leading segments
-constexpr std::size_t kMaxPrefixesPerSuffix = 8;
 constexpr std::size_t kCandidates = 12;
 
 } // namespace
@@ -146,10 +153,15 @@ KeyAlignment alignKeys(const Checkpoint& a, const Checkpoint& b, const DiffOptio
     }
 
     // Vote: every way of cutting up to kMaxPrefixSegments leading segments off an A name and a B name that
-    // leaves the same rest votes for that pair of prefixes. Rests that many prefixes share ("weight") say
-    // nothing and are skipped, which keeps the vote linear in the number of names.
-    std::unordered_map<std::string_view, std::vector<std::string_view>> prefixesOfRest;
-    prefixesOfRest.reserve(na.size() * 3);
+    // leaves the same rest votes for that pair of prefixes. Only rests that one A name alone leaves count
+    // ("weight" says nothing), which keeps the vote linear in the number of names; a name cut nowhere is
+    // such a rest, so every offset still gets its votes.
+    struct Owner {
+        std::string_view prefix;
+        bool shared = false;
+    };
+    std::unordered_map<std::string_view, Owner> prefixOfRest;
+    prefixOfRest.reserve(na.size() * (kMaxPrefixSegments + 1));
     auto cuts = [](std::string_view name, auto&& fn) {
         fn(std::string_view(), name);
         std::size_t pos = 0;
@@ -163,9 +175,9 @@ KeyAlignment alignKeys(const Checkpoint& a, const Checkpoint& b, const DiffOptio
     };
     for (auto n : na)
         cuts(n, [&](std::string_view prefix, std::string_view rest) {
-            auto& v = prefixesOfRest[rest];
-            if (v.size() <= kMaxPrefixesPerSuffix)
-                v.push_back(prefix);
+            auto [it, inserted] = prefixOfRest.try_emplace(rest, Owner{prefix});
+            if (!inserted && it->second.prefix != prefix)
+                it->second.shared = true;
         });
     struct PairHash {
         std::size_t operator()(const std::pair<std::string_view, std::string_view>& p) const noexcept {
@@ -176,12 +188,12 @@ KeyAlignment alignKeys(const Checkpoint& a, const Checkpoint& b, const DiffOptio
     std::unordered_map<std::pair<std::string_view, std::string_view>, std::size_t, PairHash> votes;
     for (auto n : nb)
         cuts(n, [&](std::string_view prefix, std::string_view rest) {
-            const auto found = prefixesOfRest.find(rest);
-            if (found == prefixesOfRest.end() || found->second.size() > kMaxPrefixesPerSuffix)
+            const auto found = prefixOfRest.find(rest);
+            if (found == prefixOfRest.end() || found->second.shared)
                 return;
-            for (auto pa : found->second)
-                if (pa != prefix || pa.empty()) // equal non-empty prefixes change nothing
-                    ++votes[{pa, prefix}];
+            const std::string_view pa = found->second.prefix;
+            if (pa != prefix || pa.empty()) // equal non-empty prefixes change nothing
+                ++votes[{pa, prefix}];
         });
     std::vector<std::pair<std::size_t, std::pair<std::string_view, std::string_view>>> ranked;
     for (const auto& [k, v] : votes)
@@ -206,7 +218,10 @@ KeyAlignment alignKeys(const Checkpoint& a, const Checkpoint& b, const DiffOptio
     // prefix by another ('model.' and 'module.') must pair a good part of the checkpoint, or renaming a
     // single module ('decoder.weight' to 'head.weight') would pass for an alignment.
     const std::size_t replaceGain = std::max<std::size_t>(2, std::min(na.size(), nb.size()) / 2);
+    const std::size_t all = std::min(na.size(), nb.size());
     for (const auto& [votesFor, k] : ranked) {
+        if (al.matched == all)
+            break; // nothing can match more; the candidates come by votes, then shorter prefixes first
         const bool insertion = k.first.starts_with(k.second) || k.second.starts_with(k.first);
         const std::size_t m = countMatches(na, nb, k.first, k.second);
         if (!insertion && m < al.matchedByName + replaceGain)
@@ -886,7 +901,7 @@ namespace {
 
 struct PairWork {
     TensorDiff diff;
-    std::unique_ptr<RangeReader> a, b;
+    std::uint64_t numel = 0;
     std::vector<ValueDiff> parts; // one per work item
     std::vector<bool> partSame;
     std::atomic<int> remaining{0};
@@ -979,25 +994,26 @@ std::optional<DiffResult> diffCheckpoints(const CheckpointPtr& a, const Checkpoi
             emit(w.diff);
             continue;
         }
+        // Readers are made again by the thread that compares (they hold a copy of the tensor's description):
+        // made here only to find the tensors that cannot be read before any work starts.
         try {
-            w.a = std::make_unique<RangeReader>(a, ta);
+            const RangeReader check(a, ta);
+            w.numel = check.numel();
         } catch (const std::exception& e) {
             w.diff.error = errorText(e, res.fileA, ta.name);
         }
         try {
             if (w.diff.error.empty())
-                w.b = std::make_unique<RangeReader>(b, tb);
+                const RangeReader check(b, tb);
         } catch (const std::exception& e) {
             w.diff.error = errorText(e, res.fileB, tb.name);
         }
         if (!w.diff.error.empty()) {
-            w.a.reset();
-            w.b.reset();
             settle(w.diff, options.threshold);
             emit(w.diff);
             continue;
         }
-        const std::uint64_t n = w.a->numel();
+        const std::uint64_t n = w.numel;
         const std::size_t parts =
             static_cast<std::size_t>(std::max<std::uint64_t>(1, (n + kItemElements - 1) / kItemElements));
         w.parts.assign(parts, ValueDiff{});
@@ -1064,13 +1080,15 @@ std::optional<DiffResult> diffCheckpoints(const CheckpointPtr& a, const Checkpoi
                 hasError = !w.error.empty();
             }
             if (!hasError) {
+                const TensorInfo& ta = a->tensors[static_cast<std::size_t>(w.diff.a)];
+                const TensorInfo& tb = b->tensors[static_cast<std::size_t>(w.diff.b)];
                 const std::uint64_t bytesPerEl =
-                    (w.a->reader().tensor().nbytes() + w.b->reader().tensor().nbytes()) /
-                    std::max<std::uint64_t>(1, w.a->numel());
+                    (ta.nbytes() + tb.nbytes()) / std::max<std::uint64_t>(1, w.numel);
                 Accumulator acc;
                 bool same = true;
                 try {
-                    const bool ok = compareRange(*w.a, *w.b, it.first, it.n, options.threshold, acc, same,
+                    const RangeReader ra(a, ta), rb(b, tb);
+                    const bool ok = compareRange(ra, rb, it.first, it.n, options.threshold, acc, same,
                                                  [&](std::uint64_t m) { return report(m * bytesPerEl); });
                     if (!ok)
                         return;
@@ -1228,8 +1246,18 @@ std::optional<DiffHistograms> diffHistograms(const CheckpointPtr& a, const Tenso
             onChunk(ka, kb);
             done += ka * (ta.nbytes() / std::max<std::uint64_t>(1, ra.numel())) +
                     kb * (tb.nbytes() / std::max<std::uint64_t>(1, rb.numel()));
-            if (progress && (at / kChunk) % 256 == 0 && !progress(std::min(done, total), total))
-                return false;
+            if ((at / kChunk) % 256 == 255 || at + kChunk >= n) {
+                // hand the pages read back, as the comparison does, so that memory stays bounded
+                for (const RangeReader* r : {&ra, &rb})
+                    if (r->contiguous() && !r->block()) {
+                        const std::uint64_t from = (at / kChunk / 256) * 256 * kChunk;
+                        const std::uint64_t to = std::min(r->numel(), at + kChunk);
+                        if (to > from)
+                            r->file().release(r->rawOffset(from), (to - from) * r->elementSize());
+                    }
+                if (progress && !progress(std::min(done, total), total))
+                    return false;
+            }
         }
         return true;
     };
