@@ -19,7 +19,49 @@ constexpr std::uint64_t kMaxHeaderSize = 100'000'000; // the Rust crate's MAX_HE
 constexpr std::size_t kMaxDims = 64;
 constexpr int kMaxDepth = 64;
 
-using Json = nlohmann::ordered_json;
+// A std::map-backed object: ordered_json inserts by linear search, quadratic in the number of tensors
+// (100,000 tensors took over a minute). The header's own order is kept in a list of its top-level keys
+// instead.
+using Json = nlohmann::json;
+
+// SAX handler of the first pass: duplicate keys (the first one found, and the depth of its object) and the
+// top-level keys in the header's order. A syntax error stops it; the DOM parse then reports it.
+struct KeyWatcher : nlohmann::json_sax<Json> {
+    std::vector<std::set<std::string, std::less<>>> objects;
+    std::vector<std::string> topLevelKeys;
+    std::string duplicate;
+    int duplicateDepth = 0;
+
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override {
+        objects.emplace_back();
+        return true;
+    }
+    bool end_object() override {
+        objects.pop_back();
+        return true;
+    }
+    bool start_array(std::size_t) override { return true; }
+    bool end_array() override { return true; }
+    bool key(string_t& k) override {
+        if (objects.size() == 1)
+            topLevelKeys.push_back(k);
+        if (!objects.back().insert(k).second && duplicate.empty()) {
+            duplicate = k;
+            duplicateDepth = static_cast<int>(objects.size());
+        }
+        return true;
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+        return false;
+    }
+};
 
 struct StDType {
     std::string_view name;
@@ -157,34 +199,17 @@ std::shared_ptr<Checkpoint> readSafetensors(std::shared_ptr<const MappedFile> fi
         throw Error(ErrorCode::Limit,
                     "invalid JSON in header: nested deeper than " + std::to_string(kMaxDepth), path, 8);
 
-    // nlohmann keeps the last of duplicate keys silently; the format forbids duplicates, so watch for them.
-    std::vector<std::set<std::string>> keysStack;
-    std::string duplicate;
-    int duplicateDepth = 0;
-    Json::parser_callback_t cb = [&](int depth, Json::parse_event_t event, Json& parsed) {
-        switch (event) {
-        case Json::parse_event_t::object_start:
-            keysStack.emplace_back();
-            break;
-        case Json::parse_event_t::object_end:
-            if (!keysStack.empty())
-                keysStack.pop_back();
-            break;
-        case Json::parse_event_t::key:
-            if (!keysStack.empty() && parsed.is_string() &&
-                !keysStack.back().insert(parsed.get_ref<const std::string&>()).second && duplicate.empty()) {
-                duplicate = parsed.get_ref<const std::string&>();
-                duplicateDepth = depth;
-            }
-            break;
-        default:
-            break;
-        }
-        return true;
-    };
+    // nlohmann keeps the last of duplicate keys silently and the format forbids duplicates: a first SAX pass
+    // watches for them and records the header's order (its callback parser would be quadratic in the number
+    // of keys, since it scans the parent object at every object's end).
+    KeyWatcher watcher;
+    Json::sax_parse(text.begin(), text.end(), &watcher);
+    const std::vector<std::string>& topLevelKeys = watcher.topLevelKeys;
+    const std::string& duplicate = watcher.duplicate;
+    const int duplicateDepth = watcher.duplicateDepth;
     Json header;
     try {
-        header = Json::parse(text.begin(), text.end(), cb);
+        header = Json::parse(text.begin(), text.end());
     } catch (const Json::parse_error& e) {
         std::string what = e.what();
         if (const auto p = what.find("] "); what.starts_with("[json.exception") && p != std::string::npos)
@@ -205,9 +230,8 @@ std::shared_ptr<Checkpoint> readSafetensors(std::shared_ptr<const MappedFile> fi
 
     std::vector<Entry> entries;
     entries.reserve(header.size());
-    for (const auto& item : header.items()) {
-        const std::string& name = item.key();
-        const Json& spec = item.value();
+    for (const std::string& name : topLevelKeys) {
+        const Json& spec = header.at(name);
         if (name == "__metadata__") {
             if (!spec.is_object())
                 throw Error(ErrorCode::Malformed,
