@@ -874,21 +874,32 @@ private:
 };
 
 std::string safetensorsHeader(const Checkpoint& ck, const ExportPlan& plan, const WriteLayout& L) {
-    nlohmann::ordered_json h = nlohmann::ordered_json::object();
     nlohmann::ordered_json meta = nlohmann::ordered_json::object();
     for (const PlannedValue& pv : plan.values) {
         const Value* v = ck.values[static_cast<std::size_t>(pv.source)].value;
         const std::string key = pv.name.rfind("__metadata__.", 0) == 0 ? pv.name.substr(13) : pv.name;
         meta[key] = v->kind == ValueKind::String ? v->text : valueRepr(v, 1u << 20);
     }
+    // The object is written member by member: the plan's names are unique already, and an ordered_json of
+    // 100,000 members would be built by a linear search per insertion.
+    std::string s = "{";
+    auto member = [&s](const std::string& key, const std::string& valueText) {
+        if (s.size() > 1)
+            s += ',';
+        s += nlohmann::json(key).dump();
+        s += ':';
+        s += valueText;
+    };
     if (!meta.empty())
-        h["__metadata__"] = meta;
+        member("__metadata__", meta.dump());
     for (const SafetensorsEntry& e : L.entries) {
         const PlannedTensor& p = plan.tensors[static_cast<std::size_t>(e.plan)];
-        h[p.name] = {
-            {"dtype", safetensorsDtype(p.dtype)}, {"shape", p.shape}, {"data_offsets", {e.begin, e.end}}};
+        member(p.name, nlohmann::ordered_json{{"dtype", safetensorsDtype(p.dtype)},
+                                              {"shape", p.shape},
+                                              {"data_offsets", {e.begin, e.end}}}
+                           .dump());
     }
-    std::string s = h.dump();
+    s += '}';
     s.append((8 - s.size() % 8) % 8, ' ');
     return s;
 }

@@ -18,7 +18,9 @@ namespace ckpt {
 namespace {
 
 namespace fs = std::filesystem;
-using Json = nlohmann::ordered_json;
+// std::map-backed: an ordered_json object is built by a linear search per key, quadratic for the
+// weight maps of models with tens of thousands of tensors.
+using Json = nlohmann::json;
 
 constexpr std::uint64_t kMaxIndexBytes = 256ull << 20;
 constexpr std::size_t kMaxShards = 100'000;
