@@ -9,11 +9,16 @@
 #include <qcustomplot.h>
 
 #include <QCheckBox>
+#include <QDialog>
+#include <QDialogButtonBox>
 #include <QFileInfo>
+#include <QFormLayout>
 #include <QHBoxLayout>
 #include <QHeaderView>
 #include <QLabel>
+#include <QLineEdit>
 #include <QProgressBar>
+#include <QPushButton>
 #include <QSpinBox>
 #include <QSplitter>
 #include <QTimer>
@@ -86,6 +91,12 @@ DiffView::DiffView(const QString& pathA, const QString& pathB, QWidget* parent)
     m_changedOnly = new QCheckBox(tr("C&hanged only"), this);
     m_changedOnly->setToolTip(tr("Hide tensors that are the same in both files"));
     controls->addWidget(m_changedOnly);
+    m_alignButton = new QToolButton(this);
+    m_alignButton->setText(tr("&Alignment…"));
+    m_alignButton->setToolTip(
+        tr("Choose the prefixes stripped from the names of each side before they are matched"));
+    m_alignButton->setEnabled(false); // once both files are open
+    controls->addWidget(m_alignButton);
     controls->addStretch();
     m_progressBar = new QProgressBar(this);
     m_progressBar->setRange(0, 1000);
@@ -172,6 +183,7 @@ DiffView::DiffView(const QString& pathA, const QString& pathB, QWidget* parent)
             m_tree->expandAll();
     });
     connect(m_cancelButton, &QToolButton::clicked, this, &DiffView::cancel);
+    connect(m_alignButton, &QToolButton::clicked, this, &DiffView::alignmentDialog);
     connect(m_tree->selectionModel(), &QItemSelectionModel::currentChanged, this, &DiffView::onSelection);
 
     const QString a = m_pathA, b = m_pathB;
@@ -238,6 +250,7 @@ void DiffView::onLoaded() {
         splitter->setSizes({tree, total - tree});
     }
     updateHeader();
+    m_alignButton->setEnabled(true);
     Q_EMIT loadFinished(true);
     if (!m_pendingSelect.isEmpty())
         selectName(std::exchange(m_pendingSelect, QString()));
@@ -256,6 +269,7 @@ void DiffView::startComparison() {
     m_cancelButton->show();
     m_drainTimer->start();
     const LoadedDiffPtr loaded = m_loaded;
+    const DiffOptions options = m_options;
     m_watcher = new QFutureWatcher<DiffRunResultPtr>(this);
     connect(m_watcher, &QFutureWatcher<DiffRunResultPtr>::finished, this, [this] {
         m_result = m_watcher->result();
@@ -275,14 +289,14 @@ void DiffView::startComparison() {
             m_tree->resizeColumnToContents(c);
         Q_EMIT comparisonFinished(cancelled);
     });
-    m_watcher->setFuture(
-        QtConcurrent::run([loaded, cancelFlag, progress, inbox, hook = m_workerHook]() -> DiffRunResultPtr {
+    m_watcher->setFuture(QtConcurrent::run(
+        [loaded, options, cancelFlag, progress, inbox, hook = m_workerHook]() -> DiffRunResultPtr {
             if (hook)
                 hook();
             auto out = std::make_shared<DiffRunResult>();
             try {
                 out->result = diffCheckpoints(
-                    loaded->a->checkpoint, loaded->b->checkpoint, {},
+                    loaded->a->checkpoint, loaded->b->checkpoint, options,
                     [&](std::uint64_t done, std::uint64_t total) {
                         progress->store(total ? done * 1000 / total : 0);
                         return !cancelFlag->load();
@@ -318,6 +332,81 @@ void DiffView::drain() {
             showFigures();
             break;
         }
+}
+
+void DiffView::setAlignment(std::optional<std::string> prefixA, std::optional<std::string> prefixB) {
+    if (!m_loaded || !m_loaded->error.isEmpty() || m_loadWatcher)
+        return;
+    // Stop the running comparison: its worker checks the flag between chunks, so the wait is short, and its
+    // results belong to the old alignment.
+    cancel();
+    if (m_watcher) {
+        m_watcher->disconnect(this);
+        m_watcher->waitForFinished();
+        m_watcher->deleteLater();
+        m_watcher = nullptr;
+    }
+    m_drainTimer->stop();
+    m_inbox.reset();
+    m_progressBar->hide();
+    m_cancelButton->hide();
+    m_alignButton->setEnabled(false);
+
+    m_options.prefixA = std::move(prefixA);
+    m_options.prefixB = std::move(prefixB);
+    DiffOptions structureOnly = m_options;
+    structureOnly.compareValues = false;
+    m_header->setText(tr("Aligning the names…"));
+    const LoadedDiffPtr previous = m_loaded;
+    m_loadWatcher = new QFutureWatcher<LoadedDiffPtr>(this);
+    connect(m_loadWatcher, &QFutureWatcher<LoadedDiffPtr>::finished, this, &DiffView::onLoaded);
+    m_loadWatcher->setFuture(QtConcurrent::run([previous, structureOnly]() -> LoadedDiffPtr {
+        auto out = std::make_shared<LoadedDiff>();
+        out->a = previous->a;
+        out->b = previous->b;
+        try {
+            if (auto r = diffCheckpoints(out->a->checkpoint, out->b->checkpoint, structureOnly))
+                out->structure = std::move(*r);
+        } catch (const Error& e) {
+            out->error = QString::fromStdString(printable(e.what()));
+        }
+        return out;
+    }));
+}
+
+void DiffView::alignmentDialog() {
+    if (!m_loaded || !m_loaded->error.isEmpty())
+        return;
+    const KeyAlignment& current = m_loaded->structure.alignment;
+    QDialog dialog(this);
+    dialog.setWindowTitle(tr("Name alignment"));
+    auto* form = new QFormLayout(&dialog);
+    auto* rule =
+        new QLabel(tr("Now: %1").arg(QString::fromStdString(printable(current.description))), &dialog);
+    rule->setWordWrap(true);
+    form->addRow(rule);
+    auto* editA = new QLineEdit(QString::fromStdString(current.prefixA), &dialog);
+    auto* editB = new QLineEdit(QString::fromStdString(current.prefixB), &dialog);
+    editA->setPlaceholderText(tr("nothing stripped"));
+    editB->setPlaceholderText(tr("nothing stripped"));
+    form->addRow(tr("Strip from A's names:"), editA);
+    form->addRow(tr("Strip from B's names:"), editB);
+    auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel, &dialog);
+    QPushButton* automatic = buttons->addButton(tr("&Automatic"), QDialogButtonBox::ResetRole);
+    bool useAutomatic = false;
+    connect(automatic, &QPushButton::clicked, &dialog, [&] {
+        useAutomatic = true;
+        dialog.accept();
+    });
+    connect(buttons, &QDialogButtonBox::accepted, &dialog, &QDialog::accept);
+    connect(buttons, &QDialogButtonBox::rejected, &dialog, &QDialog::reject);
+    form->addRow(buttons);
+    if (dialog.exec() != QDialog::Accepted)
+        return;
+    if (useAutomatic)
+        setAlignment(std::nullopt, std::nullopt);
+    else
+        setAlignment(editA->text().toStdString(), editB->text().toStdString());
 }
 
 void DiffView::cancel() {

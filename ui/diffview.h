@@ -11,6 +11,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
 
 class QCheckBox;
 class QCustomPlot;
@@ -68,6 +70,10 @@ public:
     bool selectName(const QString& fullName);
     QString selectedName() const;
     void setChangedOnly(bool on);
+    // Overrides the automatic name alignment (the prefixes stripped from A's and B's names, as ckpt diff's
+    // --prefix-a / --prefix-b); two empty optionals go back to the automatic rule. Compares again.
+    void setAlignment(std::optional<std::string> prefixA, std::optional<std::string> prefixB);
+    const DiffOptions& options() const { return m_options; }
     void cancel();
     int bins() const;
     void setBins(int bins);
@@ -99,7 +105,10 @@ private:
     void drawHistograms();
     void updateHeader();
 
+    void alignmentDialog();
+
     QString m_pathA, m_pathB;
+    DiffOptions m_options;
     LoadedDiffPtr m_loaded;
     QFutureWatcher<LoadedDiffPtr>* m_loadWatcher = nullptr;
     DiffRunResultPtr m_result;
@@ -118,6 +127,7 @@ private:
 
     QLabel* m_header = nullptr;
     QCheckBox* m_changedOnly = nullptr;
+    QToolButton* m_alignButton = nullptr;
     QProgressBar* m_progressBar = nullptr;
     QToolButton* m_cancelButton = nullptr;
     QTreeView* m_tree = nullptr;

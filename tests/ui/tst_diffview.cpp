@@ -302,6 +302,28 @@ void TestDiffView::prefixedCopyIsTheSame() {
     const QModelIndex top = view.model()->index(0, 0);
     QCOMPARE(top.data().toString(), QStringLiteral("module"));
     QCOMPARE(DiffModel::statusText(top.data(DiffModel::StatusRole).toInt()), QStringLiteral("same"));
+
+    // The user overrides the alignment: nothing stripped, so every tensor of A is removed and every one of B
+    // added; then back to the automatic rule, and everything is the same again.
+    const int n = m_diff.value(QStringLiteral("b_tensors")).toInt();
+    QSignalSpy loaded(&view, &DiffView::loadFinished);
+    view.setAlignment(std::string(), std::string());
+    QVERIFY(loaded.wait(30000));
+    QVERIFY(done.wait(30000));
+    QCOMPARE(view.loaded()->structure.alignment.rule, KeyAlignment::Rule::Manual);
+    int added = 0, removed = 0;
+    for (const TensorDiff& d : view.model()->tensors()) {
+        added += d.status == DiffStatus::Added;
+        removed += d.status == DiffStatus::Removed;
+    }
+    QCOMPARE(added, n);
+    QCOMPARE(removed, n);
+    view.setAlignment(std::nullopt, std::nullopt);
+    QVERIFY(loaded.wait(30000));
+    QVERIFY(done.wait(30000));
+    QCOMPARE(QString::fromStdString(view.loaded()->structure.alignment.prefixB), QStringLiteral("module."));
+    for (const TensorDiff& d : view.model()->tensors())
+        QVERIFY2(d.status == DiffStatus::Same, d.name.c_str());
 }
 
 QTEST_MAIN(TestDiffView)
