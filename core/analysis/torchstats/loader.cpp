@@ -220,6 +220,8 @@ std::optional<TensorStats> computeStatsWithPlugin(const CheckpointPtr& checkpoin
     in.progress = progress ? &progressBridge : nullptr;
     in.ctx = &bridge;
     in.threads = 0;
+    // The plugin reads on its own worker threads: each of its tasks runs under the SIGBUS guard there.
+    in.guard = [](void (*fn)(void*), void* arg) { return MappedFile::runGuarded(fn, arg) ? 1 : 0; };
     ckpt_stats_output out{};
     out.edges = edges.data();
     out.counts = counts.data();
@@ -232,6 +234,10 @@ std::optional<TensorStats> computeStatsWithPlugin(const CheckpointPtr& checkpoin
         std::rethrow_exception(bridge.error);
     if (rc == CKPT_STATS_CANCELLED)
         return std::nullopt;
+    if (rc == CKPT_STATS_ERROR && std::strcmp(out.error, CKPT_STATS_LOST_PAGES) == 0)
+        throw Error(ErrorCode::Changed,
+                    "the file was truncated on disk while its data was being read; reload it", file.path(),
+                    {}, tensor.name);
     if (rc != CKPT_STATS_OK) // unsupported or failed: the portable path gives the answer (or the error)
         return computeStats(checkpoint, tensor, bins, progress);
 
