@@ -179,13 +179,13 @@ bool MappedFile::changedOnDisk() const {
     return now.st_ino != m_inode || now.st_dev != m_device;
 }
 
-void MappedFile::ensureReadable(std::uint64_t end) const {
+void MappedFile::ensureReadable(std::uint64_t end, const std::string& object) const {
     if (m_fd < 0)
         return;
     struct stat st {};
     if (fstat(m_fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < end || lostPages())
         throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it",
-                    m_path);
+                    m_path, {}, object);
 }
 
 void MappedFile::release(std::uint64_t offset, std::uint64_t n) const {

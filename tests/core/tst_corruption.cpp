@@ -10,8 +10,10 @@
 
 #include "analysis/stats.h"
 #include "analysis/torchstats/loader.h"
+#include "formats/keras.h"
 #include "formats/shardindex.h"
 #include "formats/tfbundle.h"
+#include "formats/torchpickle.h"
 #include "io/mappedfile.h"
 #include "report/report.h"
 
@@ -155,7 +157,11 @@ private Q_SLOTS:
     void shardedIndex();
     void memoryStayedBounded();
     void pluginWorkersSurviveTruncation();
+    void fuzzFindings_data();
+    void fuzzFindings();
     void unguardedReadOfLostPage();
+    void hdf5ReaderAnswerIsChecked_data();
+    void hdf5ReaderAnswerIsChecked();
 };
 
 void TestCorruption::singleFiles_data() {
@@ -373,6 +379,31 @@ void TestCorruption::pluginWorkersSurviveTruncation() {
     QCOMPARE(QString::fromUtf8(out.error), QStringLiteral(CKPT_STATS_LOST_PAGES));
 }
 
+// What the fuzz targets found (tests/fuzz/regressions/): each opens to a clean error with this message.
+void TestCorruption::fuzzFindings_data() {
+    QTest::addColumn<QString>("file");
+    QTest::addColumn<QString>("message");
+    QTest::newRow("libhdf5 asks for a 2^46-byte buffer (in the child process)")
+        << "hdf5_huge_image_buffer.h5"
+        << "libhdf5 cannot open the file: memory allocation failed for on disk image buffer";
+}
+
+void TestCorruption::fuzzFindings() {
+    QFETCH(QString, file);
+    QFETCH(QString, message);
+    const std::string path = kSeeds + "/../regressions/" + file.toStdString();
+    try {
+        (void)ckpt::openCheckpointBuffer(file.toStdString(), readFile(path));
+        QFAIL("opened");
+    } catch (const ckpt::Error& e) {
+        // Under AddressSanitizer the child dies on the allocation instead, which is an error for the file
+        // too.
+        if (kAsan && e.message().starts_with("libhdf5 crashed reading the file"))
+            return;
+        QCOMPARE(QString::fromStdString(e.message()), message);
+    }
+}
+
 void TestCorruption::unguardedReadOfLostPage() {
     // A read straight from the mapping (as the readers do for metadata while a file opens) of a page lost to
     // a truncation reads zeros instead of killing the process; the file is marked, so every guarded read and
@@ -398,6 +429,53 @@ void TestCorruption::unguardedReadOfLostPage() {
         QFAIL("ensureReadable passed on a file with lost pages");
     } catch (const ckpt::Error& e) {
         QCOMPARE(int(e.code()), int(ckpt::ErrorCode::Changed));
+    }
+}
+
+// The HDF5 child's answer (fuzz seed keras/wire.bin after its mode byte): a dataset in the image at offset 0
+// (24 bytes, float32 [3, 2]) and one read into memory (8 bytes, float32 [2]). Each row patches one field.
+void TestCorruption::hdf5ReaderAnswerIsChecked_data() {
+    QTest::addColumn<int>("at"); // byte offset in the answer, -1: none
+    QTest::addColumn<quint64>("value");
+    QTest::addColumn<bool>("accepted");
+    // Offsets: tag 0, detail 8 (8 + 12), sources 28: count, path 36 (8 + 7), bytes 51 (8 + 8); storages 67:
+    // count, "/k" 75 (8 + 2), dtype 85, nbytes 93, source 101, offset 109, big-endian 117; "/b" 125 (10),
+    // dtype 135, nbytes 143, source 151, offset 159, big-endian 167; tensors 175: count, "k" 183 (9),
+    // dtype 192, rank 200, shape 208 216, strides 224 232, storage 240, error 248 (8) ...
+    QTest::newRow("intact") << -1 << quint64(0) << true;
+    QTest::newRow("storage dtype past the table") << 85 << quint64(200) << false;
+    QTest::newRow("storage smaller than its tensor") << 93 << quint64(1) << true; // the tensor gets an error
+    QTest::newRow("storage larger than the image") << 93 << quint64(25) << false;
+    QTest::newRow("storage offset past the image") << 109 << quint64(1) << false;
+    QTest::newRow("in-memory storage larger than its buffer") << 143 << quint64(9) << false;
+    QTest::newRow("storage of a source never sent") << 151 << quint64(5) << false;
+    QTest::newRow("tensor dtype past the table") << 192 << quint64(99) << false;
+    QTest::newRow("negative dimension") << 208 << ~quint64(0) << false;
+    QTest::newRow("tensor of a storage never sent") << 240 << quint64(2) << false;
+    QTest::newRow("rank beyond the limit") << 200 << quint64(1000) << false;
+}
+
+void TestCorruption::hdf5ReaderAnswerIsChecked() {
+    QFETCH(int, at);
+    QFETCH(quint64, value);
+    QFETCH(bool, accepted);
+    std::string answer = readFile(kSeeds + "/keras/wire.bin").substr(1);
+    // The image the in-place storage points into: 24 bytes of it must exist.
+    auto ck = ckpt::newCheckpoint(ckpt::MappedFile::fromBuffer("w.h5", std::string(24, '\0')), "keras-h5");
+    if (at >= 0)
+        putU64(answer, static_cast<std::size_t>(at), value);
+    try {
+        (void)ckpt::decodeHdf5ReaderAnswer(answer, *ck, 0, "w.h5");
+        QVERIFY2(accepted, "a malformed answer was accepted");
+        QCOMPARE(ck->tensors.size(), std::size_t{2});
+        QCOMPARE(ck->tensors[0].error.empty(), at != 93);
+        for (const auto& t : ck->tensors)
+            if (t.error.empty())
+                QVERIFY(ckpt::computeStats(ck, t, 4).has_value());
+    } catch (const ckpt::Error& e) {
+        QVERIFY2(!accepted, e.what());
+        QCOMPARE(QString::fromStdString(e.message()),
+                 QStringLiteral("the HDF5 reader sent an incomplete answer"));
     }
 }
 

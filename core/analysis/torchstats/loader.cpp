@@ -205,7 +205,7 @@ std::optional<TensorStats> computeStatsWithPlugin(const CheckpointPtr& checkpoin
     const StorageInfo& s = checkpoint->storages[static_cast<std::size_t>(tensor.storage)];
     const MappedFile& file = *checkpoint->sources[static_cast<std::size_t>(s.source)].file;
     // As TensorReader does: the whole storage must still be in the file (Error(Changed) otherwise).
-    file.ensureReadable(s.fileOffset + s.nbytes);
+    file.ensureReadable(s.fileOffset + s.nbytes, tensor.name);
 
     const std::size_t n = static_cast<std::size_t>(std::max(bins, 1));
     std::vector<double> edges(n + 1);
