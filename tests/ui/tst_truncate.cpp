@@ -127,6 +127,8 @@ void TestTruncate::readingAfterTruncationShowsErrorAndOffersReload() {
     QVERIFY(r && r->stats && r->error.isEmpty());
     QCOMPARE(r->stats->count, std::uint64_t(kBigRows * kBigCols));
     QCOMPARE(r->stats->max, 249.75);
+    QTest::qWait(100); // the plot redraws on the next event loop pass
+    screenshot(w, "intact.png");
     v->showValues();
     QVERIFY(v->selectName(QStringLiteral("small")));
     QCOMPARE(v->valuesPage()->model()->rowCount(), 3);
