@@ -45,8 +45,8 @@ CheckpointView::CheckpointView(const QString& path, QWidget* parent)
     {
         auto* row = new QHBoxLayout(m_changeBanner);
         auto* text =
-            new QLabel(tr("This file changed on disk since it was opened. Values read now may be wrong or "
-                          "missing."),
+            new QLabel(tr("The file changed on disk since it was opened: values read now may be wrong or "
+                          "missing. Reload it to see what it holds now."),
                        m_changeBanner);
         text->setWordWrap(true);
         row->addWidget(text, 1);
@@ -147,6 +147,8 @@ CheckpointView::CheckpointView(const QString& path, QWidget* parent)
             m_matches->setText(tr("%n match(es)", nullptr, count));
     });
 
+    // A read that failed may be the first sign of a file saved over: look at once, not at the next poll.
+    connect(m_histogram, &HistogramPage::finished, this, &CheckpointView::checkFileOnDisk);
     m_fsWatcher = new QFileSystemWatcher(this);
     connect(m_fsWatcher, &QFileSystemWatcher::fileChanged, this, &CheckpointView::checkFileOnDisk);
     m_pollTimer = new QTimer(this);
@@ -352,6 +354,7 @@ void CheckpointView::onSelectionChanged() {
         m_values->showTensor(m_loaded, n.tensor);
     else
         m_values->clear();
+    checkFileOnDisk();
     updateStatistics();
 }
 

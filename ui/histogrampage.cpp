@@ -78,6 +78,7 @@ HistogramPage::HistogramPage(QWidget* parent)
     m_statsLabel->setTextInteractionFlags(Qt::TextSelectableByMouse);
     m_statsLabel->setAlignment(Qt::AlignTop | Qt::AlignLeft);
     m_statsLabel->setMinimumWidth(180);
+    m_statsLabel->setWordWrap(true); // error messages name files and byte ranges
     body->addWidget(m_statsLabel);
     layout->addLayout(body, 1);
     applyPalette();

@@ -139,7 +139,7 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
     if (m_base > m_file->size() || s.nbytes > m_file->size() - m_base)
         throw Error(ErrorCode::OutOfBounds, "storage '" + s.key + "' lies outside the file", src.path, m_base,
                     m_tensor.name);
-    m_file->ensureReadable(m_base + s.nbytes);
+    m_file->ensureReadable(m_base + s.nbytes, m_tensor.name);
     if (block) {
         // Blocks are decoded in file order, which is the logical row-major order only for a contiguous
         // tensor that starts on a block boundary (every GGUF tensor does).

@@ -905,6 +905,16 @@ void serialize(Wire& w, const Checkpoint& ck, const std::string& detail) {
     }
 }
 
+DType wireDType(std::uint64_t v) {
+    if (v > 255)
+        throw std::runtime_error("bad dtype");
+    (void)dtypeInfo(static_cast<DType>(v)); // throws std::out_of_range for a value past the table
+    return static_cast<DType>(v);
+}
+
+// The answer comes from a process that ran libhdf5 over hostile bytes, so it is checked as any input is:
+// enums in range, indexes to what this answer sent, byte ranges inside their file, views inside their
+// storage.
 std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSource, const std::string& path,
                         std::uint64_t base) {
     WireReader r(bytes);
@@ -937,18 +947,23 @@ std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSourc
         StorageInfo s;
         s.key = r.str();
         s.device = "cpu";
-        s.dtype = static_cast<DType>(r.u64());
+        s.dtype = wireDType(r.u64());
         s.nbytes = r.u64();
         s.source = mapSource(static_cast<std::int64_t>(r.u64()));
         s.fileOffset = r.u64();
         s.bigEndian = r.u64() != 0;
+        std::uint64_t end = 0;
+        if (s.source < 0 || static_cast<std::size_t>(s.source) >= ck.sources.size() ||
+            addOverflow(s.fileOffset, s.nbytes, &end) ||
+            end > ck.sources[static_cast<std::size_t>(s.source)].file->size())
+            throw std::runtime_error("bad storage extent");
         ck.storages.push_back(std::move(s));
     }
     for (std::uint64_t n = r.u64(), i = 0; i < n; ++i) {
         TensorInfo t;
         t.name = r.str();
         t.device = "cpu";
-        t.dtype = static_cast<DType>(r.u64());
+        t.dtype = wireDType(r.u64());
         const std::uint64_t rank = r.u64();
         if (rank > kMaxRank)
             throw std::runtime_error("bad rank");
@@ -956,7 +971,12 @@ std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSourc
             t.shape.push_back(static_cast<std::int64_t>(r.u64()));
         for (std::uint64_t k = 0; k < rank; ++k)
             t.strides.push_back(static_cast<std::int64_t>(r.u64()));
+        for (std::uint64_t k = 0; k < rank; ++k)
+            if (t.shape[k] < 0 || t.strides[k] < 0)
+                throw std::runtime_error("bad shape");
         const auto st = static_cast<std::int64_t>(r.u64());
+        if (st >= static_cast<std::int64_t>(ck.storages.size()) - storageBase)
+            throw std::runtime_error("bad storage");
         t.storage = st < 0 ? -1 : storageBase + static_cast<int>(st);
         t.error = r.str();
         ck.tensors.push_back(std::move(t));
@@ -976,13 +996,28 @@ std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSourc
     }
     for (std::uint64_t n = r.u64(), i = 0; i < n; ++i) {
         Finding f;
-        f.severity = static_cast<Severity>(r.u64());
+        const std::uint64_t severity = r.u64();
+        if (severity > static_cast<std::uint64_t>(Severity::Security))
+            throw std::runtime_error("bad severity");
+        f.severity = static_cast<Severity>(severity);
         f.message = r.str();
         f.object = r.str();
         f.source = imageSource;
         ck.findings.push_back(std::move(f));
     }
+    checkTensorExtents(ck);
     return detail;
+}
+
+std::string decodeAnswer(const std::string& bytes, Checkpoint& ck, int source, const std::string& path,
+                         std::uint64_t base) {
+    try {
+        return deserialize(bytes, ck, source, path, base);
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception&) {
+        throw Error(ErrorCode::Malformed, "the HDF5 reader sent an incomplete answer", path, base);
+    }
 }
 
 bool writeAll(int fd, const char* p, std::size_t n) {
@@ -1101,16 +1136,15 @@ std::string readImage(Checkpoint& ck, const std::uint8_t* image, std::uint64_t s
                     path, base);
     const std::size_t beats = bytes.find_first_not_of('H');
     bytes.erase(0, beats == std::string::npos ? bytes.size() : beats);
-    try {
-        return deserialize(bytes, ck, source, path, base);
-    } catch (const Error&) {
-        throw;
-    } catch (const std::exception&) {
-        throw Error(ErrorCode::Malformed, "the HDF5 reader sent an incomplete answer", path, base);
-    }
+    return decodeAnswer(bytes, ck, source, path, base);
 }
 
 #else
+std::string decodeAnswer(const std::string&, Checkpoint&, int, const std::string& path, std::uint64_t base) {
+    throw Error(ErrorCode::Unsupported, "HDF5 (Keras) files are not supported: built without libhdf5", path,
+                base);
+}
+
 std::string readImage(Checkpoint&, const std::uint8_t*, std::uint64_t, std::uint64_t base, int,
                       const std::string& path, bool = false) {
     throw Error(ErrorCode::Unsupported, "HDF5 (Keras) files are not supported: built without libhdf5", path,
@@ -1124,6 +1158,11 @@ bool hasSignatureAt(std::span<const std::uint8_t> b, std::uint64_t at) {
 }
 
 } // namespace
+
+std::string decodeHdf5ReaderAnswer(const std::string& bytes, Checkpoint& ck, int imageSource,
+                                   const std::string& path) {
+    return decodeAnswer(bytes, ck, imageSource, path, 0);
+}
 
 bool looksLikeHdf5(const std::shared_ptr<const MappedFile>& file) {
     const auto b = file->bytes();

@@ -55,6 +55,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 
 namespace ckpt {
 
@@ -65,5 +66,11 @@ std::shared_ptr<Checkpoint> readKerasH5(std::shared_ptr<const MappedFile> file);
 // A zip archive holding model.weights.h5, or config.json and metadata.json (Keras 3 `.keras`).
 bool looksLikeKerasZip(const std::shared_ptr<const MappedFile>& file);
 std::shared_ptr<Checkpoint> readKerasZip(std::shared_ptr<const MappedFile> file);
+
+// The parent's side of the HDF5 reader process: decodes the answer the child sent over the pipe into `ck`
+// (whose source `imageSource` holds the HDF5 image) and returns the format detail. The child ran libhdf5 over
+// hostile bytes, so its answer is checked as input too; exposed for the fuzz target.
+std::string decodeHdf5ReaderAnswer(const std::string& bytes, Checkpoint& ck, int imageSource,
+                                   const std::string& path);
 
 } // namespace ckpt

@@ -138,6 +138,19 @@ CheckpointPtr dispatch(std::shared_ptr<const MappedFile> file) {
 
 } // namespace
 
+namespace {
+
+// Metadata reads that hit pages lost to a truncation read zeros (mappedfile.h): what they built is no data.
+CheckpointPtr unlessTruncated(CheckpointPtr ck) {
+    for (const auto& s : ck->sources)
+        if (s.file && s.file->lostPages())
+            throw Error(ErrorCode::Changed, "the file was truncated on disk while it was being opened",
+                        s.path);
+    return ck;
+}
+
+} // namespace
+
 CheckpointPtr openCheckpoint(const std::string& path) {
     // Formats made of several files first: they recognise directories, prefixes and index files.
 #ifdef CKPT_HAVE_DCP
@@ -146,13 +159,13 @@ CheckpointPtr openCheckpoint(const std::string& path) {
 #endif
 #ifdef CKPT_HAVE_TFBUNDLE
     if (auto ck = tryOpenTfBundle(path))
-        return ck;
+        return unlessTruncated(ck);
 #endif
 #ifdef CKPT_HAVE_SHARDINDEX
     if (auto ck = tryOpenShardIndex(path))
-        return ck;
+        return unlessTruncated(ck);
 #endif
-    return dispatch(MappedFile::open(path));
+    return unlessTruncated(dispatch(MappedFile::open(path)));
 }
 
 CheckpointPtr openCheckpointBuffer(const std::string& name, std::string bytes) {

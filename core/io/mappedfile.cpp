@@ -2,6 +2,7 @@
 
 #include "error.h"
 
+#include <atomic>
 #include <cerrno>
 #include <csetjmp>
 #include <csignal>
@@ -18,10 +19,52 @@ namespace {
 
 thread_local sigjmp_buf* t_guard = nullptr;
 struct sigaction g_previousBus {};
+std::uintptr_t g_pageSize = 4096;
+
+// Every live file mapping, for the SIGBUS handler: a read outside a guard (metadata while a file is being
+// opened, on any thread) that hits pages lost to a truncation gets a page of zeros mapped in their place and
+// goes on; the region is marked lost, so that opening fails with Error(Changed) and every later guarded
+// read or ensureReadable() refuses. begin 0: free slot, 1: being filled.
+struct Region {
+    std::atomic<std::uintptr_t> begin{0}, end{0};
+    std::atomic<bool> lost{false};
+};
+constexpr std::size_t kRegions = 16384;
+Region g_regions[kRegions];
+
+int claimRegion(const void* data, std::uint64_t size) {
+    for (std::size_t i = 0; i < kRegions; ++i) {
+        std::uintptr_t expected = 0;
+        if (g_regions[i].begin.compare_exchange_strong(expected, 1)) {
+            g_regions[i].lost = false;
+            g_regions[i].end = reinterpret_cast<std::uintptr_t>(data) + size;
+            g_regions[i].begin = reinterpret_cast<std::uintptr_t>(data);
+            return static_cast<int>(i);
+        }
+    }
+    return -1; // more files open than slots: their unguarded reads are not covered
+}
+
+bool patchLostPage(std::uintptr_t addr) {
+    for (auto& r : g_regions) {
+        const std::uintptr_t b = r.begin.load(std::memory_order_acquire);
+        if (b <= 1 || addr < b || addr >= r.end.load(std::memory_order_acquire))
+            continue;
+        void* page = reinterpret_cast<void*>(addr & ~(g_pageSize - 1));
+        if (mmap(page, g_pageSize, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+            return false;
+        r.lost.store(true, std::memory_order_release);
+        return true;
+    }
+    return false;
+}
 
 void onSigbus(int sig, siginfo_t* info, void* ctx) {
     if (t_guard)
         siglongjmp(*t_guard, 1);
+    if (info && patchLostPage(reinterpret_cast<std::uintptr_t>(info->si_addr)))
+        return; // the faulting read is retried and sees zeros
+    // Not ours: hand over to whoever was installed before, or die as the default would.
     // Not ours: hand over to whoever was installed before, or die as the default would.
     if (g_previousBus.sa_flags & SA_SIGINFO) {
         if (g_previousBus.sa_sigaction) {
@@ -39,6 +82,7 @@ void onSigbus(int sig, siginfo_t* info, void* ctx) {
 void installSigbusHandler() {
     static std::once_flag once;
     std::call_once(once, [] {
+        g_pageSize = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
         struct sigaction sa {};
         sa.sa_sigaction = onSigbus;
         sa.sa_flags = SA_SIGINFO | SA_NODEFER;
@@ -88,6 +132,7 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
             throw Error(ErrorCode::Io, std::string("cannot map: ") + std::strerror(errno), path);
         f->m_data = static_cast<const std::uint8_t*>(p);
         f->m_mapped = true;
+        f->m_region = claimRegion(p, f->m_size);
         // Metadata reads jump around; tensor reads are sequential and advise for themselves.
         madvise(p, f->m_size, MADV_RANDOM);
     }
@@ -104,15 +149,24 @@ std::shared_ptr<const MappedFile> MappedFile::fromBuffer(std::string name, std::
 }
 
 MappedFile::~MappedFile() {
+    if (m_region >= 0) {
+        g_regions[m_region].begin.store(0, std::memory_order_release);
+    }
     if (m_mapped)
         munmap(const_cast<std::uint8_t*>(m_data), m_size);
     if (m_fd >= 0)
         ::close(m_fd);
 }
 
+bool MappedFile::lostPages() const {
+    return m_region >= 0 && g_regions[m_region].lost.load(std::memory_order_acquire);
+}
+
 bool MappedFile::changedOnDisk() const {
     if (m_fd < 0)
         return false;
+    if (lostPages())
+        return true;
     struct stat open {
     }, now{};
     if (fstat(m_fd, &open) != 0)
@@ -125,13 +179,13 @@ bool MappedFile::changedOnDisk() const {
     return now.st_ino != m_inode || now.st_dev != m_device;
 }
 
-void MappedFile::ensureReadable(std::uint64_t end) const {
+void MappedFile::ensureReadable(std::uint64_t end, const std::string& object) const {
     if (m_fd < 0)
         return;
     struct stat st {};
-    if (fstat(m_fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < end)
+    if (fstat(m_fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < end || lostPages())
         throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it",
-                    m_path);
+                    m_path, {}, object);
 }
 
 void MappedFile::release(std::uint64_t offset, std::uint64_t n) const {
@@ -173,7 +227,7 @@ bool MappedFile::copyGuarded(std::uint64_t offset, std::size_t n, void* dst) con
         return true;
     }
     CopyJob job{dst, m_data + offset, n};
-    return runGuarded(runCopy, &job);
+    return runGuarded(runCopy, &job) && !lostPages(); // zeros patched in by an unguarded read are no data
 }
 
 // Kept out of line and free of objects with destructors: siglongjmp may leave it at any instruction.

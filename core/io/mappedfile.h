@@ -14,7 +14,9 @@ namespace ckpt {
 // The file is opened O_RDONLY and mapped PROT_READ: it is never written. Files of any size (> 4 GiB) map in
 // one piece on 64-bit systems. If another process truncates the file while it is mapped, touching the lost
 // pages raises SIGBUS; bulk reads of tensor data therefore go through copyGuarded(), which turns that signal
-// into a clean failure, and changedOnDisk() tells whether the file still is what was opened.
+// into a clean failure, and changedOnDisk() tells whether the file still is what was opened. Reads outside
+// the guards (metadata while a file opens) are covered too: the handler maps a page of zeros over a lost
+// page and marks the file (lostPages()), so that openCheckpoint() fails with Error(Changed) instead.
 class MappedFile {
 public:
     static std::shared_ptr<const MappedFile> open(const std::string& path);
@@ -36,8 +38,12 @@ public:
 
     // True when the file on disk no longer matches what was mapped: shrunk, replaced, or modified.
     bool changedOnDisk() const;
-    // Throws Error(Changed) when the file shrank below `end` or was replaced.
-    void ensureReadable(std::uint64_t end) const;
+    // True when a read outside the guards hit pages lost to a truncation: the SIGBUS handler mapped zeros
+    // there so that the read went on instead of killing the process, and what it read is no data.
+    bool lostPages() const;
+    // Throws Error(Changed), naming `object` (the tensor about to be read), when the file shrank below `end`
+    // or lost pages.
+    void ensureReadable(std::uint64_t end, const std::string& object = {}) const;
 
     // Tells the kernel this process is done with [offset, offset + n) for now: the pages leave our resident
     // set (they stay in the page cache), so streaming over a large file keeps memory bounded.
@@ -66,6 +72,7 @@ private:
     int m_fd = -1;
     std::uint64_t m_inode = 0, m_device = 0;
     std::int64_t m_mtimeNs = 0;
+    int m_region = -1; // slot in the SIGBUS handler's table of mappings
 };
 
 } // namespace ckpt

@@ -22,7 +22,7 @@
 extern "C" {
 #endif
 
-#define CKPT_STATS_ABI_VERSION 1
+#define CKPT_STATS_ABI_VERSION 2
 
 /* The plugin's file name, looked for by the loader. */
 #define CKPT_STATS_PLUGIN_NAME "libckpt_torchstats.so"
@@ -48,7 +48,15 @@ typedef struct {
     ckpt_progress_fn progress; /* may be null */
     void* ctx;
     int threads; /* 0 = every core this process may run on */
+    /* Runs fn(arg), which reads `data`, on the calling thread (any of the plugin's worker threads) and
+     * returns 0 instead of dying with SIGBUS when a read hits pages of a mapped file truncated on disk
+     * meanwhile (ckpt::MappedFile::runGuarded). fn owns no objects with destructors. May be null: the data
+     * is then read unguarded. When a guarded read fails, ckpt_stats_compute returns CKPT_STATS_ERROR with
+     * CKPT_STATS_LOST_PAGES as its message. */
+    int (*guard)(void (*fn)(void*), void* arg);
 } ckpt_stats_input;
+
+#define CKPT_STATS_LOST_PAGES "the data's pages are gone: the file was truncated on disk"
 
 typedef struct {
     uint64_t count, finite, zeros, nan, inf;

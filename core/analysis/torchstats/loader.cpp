@@ -205,7 +205,7 @@ std::optional<TensorStats> computeStatsWithPlugin(const CheckpointPtr& checkpoin
     const StorageInfo& s = checkpoint->storages[static_cast<std::size_t>(tensor.storage)];
     const MappedFile& file = *checkpoint->sources[static_cast<std::size_t>(s.source)].file;
     // As TensorReader does: the whole storage must still be in the file (Error(Changed) otherwise).
-    file.ensureReadable(s.fileOffset + s.nbytes);
+    file.ensureReadable(s.fileOffset + s.nbytes, tensor.name);
     verifyStorageChecksum(checkpoint, tensor); // as TensorReader does before the first value
 
     const std::size_t n = static_cast<std::size_t>(std::max(bins, 1));
@@ -221,6 +221,8 @@ std::optional<TensorStats> computeStatsWithPlugin(const CheckpointPtr& checkpoin
     in.progress = progress ? &progressBridge : nullptr;
     in.ctx = &bridge;
     in.threads = 0;
+    // The plugin reads on its own worker threads: each of its tasks runs under the SIGBUS guard there.
+    in.guard = [](void (*fn)(void*), void* arg) { return MappedFile::runGuarded(fn, arg) ? 1 : 0; };
     ckpt_stats_output out{};
     out.edges = edges.data();
     out.counts = counts.data();
@@ -233,6 +235,10 @@ std::optional<TensorStats> computeStatsWithPlugin(const CheckpointPtr& checkpoin
         std::rethrow_exception(bridge.error);
     if (rc == CKPT_STATS_CANCELLED)
         return std::nullopt;
+    if (rc == CKPT_STATS_ERROR && std::strcmp(out.error, CKPT_STATS_LOST_PAGES) == 0)
+        throw Error(ErrorCode::Changed,
+                    "the file was truncated on disk while its data was being read; reload it", file.path(),
+                    {}, tensor.name);
     if (rc != CKPT_STATS_OK) // unsupported or failed: the portable path gives the answer (or the error)
         return computeStats(checkpoint, tensor, bins, progress);
 

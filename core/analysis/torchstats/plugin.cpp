@@ -28,6 +28,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -38,6 +39,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -147,6 +149,34 @@ struct Moments {
 
 class Cancelled {};
 
+// One task of a pass: kernel calls over chunks [b, e), run through the caller's SIGBUS guard. Plain data
+// only: a guarded read that fails leaves runChunks at any instruction.
+struct ChunkTask {
+    const KernelTable* k;
+    int dtype;
+    const unsigned char* base;
+    std::size_t elsize;
+    std::uint64_t numel;
+    std::int64_t b, e, c0;
+    ChunkMoments* part;   // moments pass: one per chunk, indexed c - c0
+    const HistParams* hp; // histogram pass
+    std::uint64_t* counts;
+    void* buf;
+};
+
+void runChunks(void* arg) {
+    const auto* t = static_cast<const ChunkTask*>(arg);
+    for (std::int64_t c = t->b; c < t->e; ++c) {
+        const unsigned char* data = t->base + static_cast<std::uint64_t>(c) * kChunk * t->elsize;
+        const auto n = static_cast<std::size_t>(
+            std::min<std::uint64_t>(kChunk, t->numel - static_cast<std::uint64_t>(c) * kChunk));
+        if (t->part)
+            t->k->moments(data, t->dtype, n, &t->part[c - t->c0], t->buf);
+        else
+            t->k->histogram(data, t->dtype, n, t->hp, t->counts, t->buf);
+    }
+}
+
 // CKPT_TORCHSTATS_TRACE=1 prints the time of each pass on stderr (benchmarks).
 struct Trace {
     bool on = [] {
@@ -199,10 +229,19 @@ int compute(const ckpt_stats_input& in, ckpt_stats_output& out) {
     const auto nchunks = static_cast<std::int64_t>((numel + kChunk - 1) / kChunk);
     const std::int64_t perBlock =
         std::max(kMinChunksPerBlock, (nchunks + kBlocksPerPass - 1) / kBlocksPerPass);
-    auto chunkData = [&](std::int64_t c) { return base + static_cast<std::uint64_t>(c) * kChunk * elsize; };
-    auto chunkSize = [&](std::int64_t c) {
-        return static_cast<std::size_t>(
-            std::min<std::uint64_t>(kChunk, numel - static_cast<std::uint64_t>(c) * kChunk));
+    // Chunks [b, e) through the caller's guard; a failed read marks the pass lost (checked after it).
+    std::atomic<bool> lost{false};
+    auto run = [&](ChunkTask task) {
+        if (in.guard) {
+            if (!in.guard(runChunks, &task))
+                lost = true;
+        } else {
+            runChunks(&task);
+        }
+    };
+    auto checkLost = [&] {
+        if (lost)
+            throw std::runtime_error(CKPT_STATS_LOST_PAGES);
     };
     const std::uint64_t total = 2 * numel;
     std::uint64_t done = 0;
@@ -219,10 +258,9 @@ int compute(const ckpt_stats_input& in, ckpt_stats_output& out) {
     for (std::int64_t c0 = 0; c0 < nchunks; c0 += perBlock) {
         const std::int64_t c1 = std::min(nchunks, c0 + perBlock);
         at::parallel_for(c0, c1, 1, [&](std::int64_t b, std::int64_t e) {
-            void* buf = scratch();
-            for (std::int64_t c = b; c < e; ++c)
-                k.moments(chunkData(c), in.dtype, chunkSize(c), &part[static_cast<std::size_t>(c - c0)], buf);
+            run({&k, in.dtype, base, elsize, numel, b, e, c0, part.data(), nullptr, nullptr, scratch()});
         });
+        checkLost();
         for (std::int64_t c = c0; c < c1; ++c)
             m.merge(part[static_cast<std::size_t>(c - c0)]);
         tick(c0, c1);
@@ -287,12 +325,10 @@ int compute(const ckpt_stats_input& in, ckpt_stats_output& out) {
                 auto& counts = local[static_cast<std::size_t>(tid)];
                 if (counts.empty())
                     counts.assign(perThread, 0);
-                for (std::int64_t c = b; c < e; ++c)
-                    k.histogram(chunkData(c), in.dtype, chunkSize(c), &hp, counts.data(), buf);
+                run({&k, in.dtype, base, elsize, numel, b, e, c0, nullptr, &hp, counts.data(), buf});
             } else {
                 std::vector<std::uint64_t> counts(perThread, 0);
-                for (std::int64_t c = b; c < e; ++c)
-                    k.histogram(chunkData(c), in.dtype, chunkSize(c), &hp, counts.data(), buf);
+                run({&k, in.dtype, base, elsize, numel, b, e, c0, nullptr, &hp, counts.data(), buf});
                 std::lock_guard<std::mutex> lock(overflowMutex);
                 if (overflow.empty())
                     overflow.assign(perThread, 0);
@@ -300,6 +336,7 @@ int compute(const ckpt_stats_input& in, ckpt_stats_output& out) {
                     overflow[i] += counts[i];
             }
         });
+        checkLost();
         tick(c0, c1);
     }
     trace.lap("histogram", numel * elsize);
