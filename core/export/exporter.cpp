@@ -1,5 +1,6 @@
 #include "exporter.h"
 
+#include "analysis/elements.h"
 #include "formats/open.h"
 #include "io/error.h"
 #include "io/zipreader.h"
@@ -25,6 +26,29 @@
 
 namespace ckpt {
 namespace {
+
+// IEEE binary16 bits of a float, rounded to nearest even as c10::Half does (no compiler _Float16: clang 14
+// has none on x86-64). NaN becomes the quiet NaN 0x7E00 with its sign, as c10's fp16_ieee_from_fp32_value.
+std::uint16_t floatToHalfBits(float f) {
+    const auto x = std::bit_cast<std::uint32_t>(f);
+    const auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
+    const std::uint32_t a = x & 0x7FFFFFFFu;
+    if (a > 0x7F800000u)
+        return sign | 0x7E00u;
+    if (a >= 0x47800000u) // 65536 and above, infinity included
+        return sign | 0x7C00u;
+    if (a < 0x38800000u) { // below 2^-14: a subnormal half (or zero); units of 2^-24, scaled exactly
+        const float units = std::bit_cast<float>(a) * 16777216.0f;
+        return sign | static_cast<std::uint16_t>(std::nearbyint(units)); // 1024 is the smallest normal
+    }
+    const std::uint32_t exponent = (a >> 23) - 127 + 15;
+    const std::uint32_t mantissa = a & 0x7FFFFFu;
+    std::uint32_t h = (exponent << 10) | (mantissa >> 13);
+    const std::uint32_t rest = mantissa & 0x1FFFu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+        ++h; // a carry into the exponent is right, up to infinity
+    return sign | static_cast<std::uint16_t>(h);
+}
 
 constexpr std::size_t kChunk = 4u << 20;      // conversion buffer
 constexpr std::size_t kCopyChunk = 64u << 20; // copy_file_range step (progress and cancel in between)
@@ -66,7 +90,7 @@ float loadFloat(DType t, const std::uint8_t* p, bool swap) {
     case DType::Float16: {
         std::uint16_t u;
         std::memcpy(&u, p, 2);
-        return static_cast<float>(std::bit_cast<_Float16>(swap ? __builtin_bswap16(u) : u));
+        return static_cast<float>(halfToDouble(swap ? __builtin_bswap16(u) : u)); // exact
     }
     case DType::BFloat16: {
         std::uint16_t u;
@@ -93,7 +117,7 @@ void storeFloat(DType t, float v, std::uint8_t* p) {
         break;
     }
     case DType::Float16: {
-        const auto h = static_cast<_Float16>(v);
+        const std::uint16_t h = floatToHalfBits(v);
         std::memcpy(p, &h, 2);
         break;
     }
