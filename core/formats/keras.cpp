@@ -1160,7 +1160,7 @@ std::string readDataset(const Origin& origin, const std::string& h5path, std::ui
     H5Eset_auto2(H5E_DEFAULT, recordError, nullptr);
     clearErrors();
     const auto fail = [&](const std::string& what) {
-        throw Error(ErrorCode::Malformed, "HDF5 dataset '" + h5path + "': " + what, origin.path, origin.base,
+        throw Error(ErrorCode::Malformed, "HDF5 dataset '" + h5path + "': " + what, origin.path, {},
                     tensorName(h5path));
     };
     H5Id file(openHdf5(origin.image, origin.size, origin.path, origin.onDisk), H5Fclose);
@@ -1195,15 +1195,21 @@ std::shared_ptr<const MappedFile> lazyDataset(const Origin& origin, const std::s
     if (nbytes == 0)
         return MappedFile::fromBuffer(name, {});
     return MappedFile::lazy(name, nbytes, [origin, h5path, nbytes]() -> std::string {
+        const std::string object = tensorName(h5path);
         // libhdf5 reads the file again: it must still be the one whose structure was read at opening.
         if (origin.file && origin.file->changedOnDisk())
             throw Error(ErrorCode::Changed,
                         "the file changed on disk after it was opened; reload it to read HDF5 dataset '" +
                             h5path + "'",
-                        origin.file->path(), {}, tensorName(h5path));
-        std::string bytes = runIsolated(
-            origin.path, origin.base, [&] { return readDataset(origin, h5path, nbytes); },
-            static_cast<std::size_t>(nbytes) + 16);
+                        origin.file->path(), {}, object);
+        std::string bytes;
+        try {
+            bytes = runIsolated(
+                origin.path, origin.base, [&] { return readDataset(origin, h5path, nbytes); },
+                static_cast<std::size_t>(nbytes) + 16);
+        } catch (const Error& e) {
+            throw Error(e.code(), "HDF5 dataset '" + h5path + "': " + e.message(), e.file(), {}, object);
+        }
         std::uint64_t head[2] = {0, 0};
         if (bytes.size() >= sizeof head)
             std::memcpy(head, bytes.data(), sizeof head);
@@ -1213,8 +1219,8 @@ std::shared_ptr<const MappedFile> lazyDataset(const Origin& origin, const std::s
                 r.u64();
                 const auto code = static_cast<ErrorCode>(r.u64());
                 const std::string msg = r.str();
-                const std::string object = r.str();
-                throw Error(code, msg, origin.path, origin.base, object);
+                const std::string childObject = r.str();
+                throw Error(code, msg, origin.path, {}, childObject);
             } catch (const Error&) {
                 throw;
             } catch (const std::exception&) {
@@ -1223,7 +1229,7 @@ std::shared_ptr<const MappedFile> lazyDataset(const Origin& origin, const std::s
         if (head[0] != kWireOk || head[1] != nbytes || bytes.size() != 16 + nbytes)
             throw Error(ErrorCode::Malformed,
                         "the HDF5 reader sent an incomplete answer for dataset '" + h5path + "'", origin.path,
-                        origin.base, tensorName(h5path));
+                        {}, object);
         bytes.erase(0, 16);
         return bytes;
     });
