@@ -423,6 +423,61 @@ class KerasTest(CkptTestCase):
                                      common.DEFAULT_BINS)
                 self.assertIsNone(msg, msg)
 
+    def test_chunked_export_and_diff(self):
+        """`ckpt export` and `ckpt diff` read chunked gzip datasets on demand: the exported safetensors holds the
+        bytes h5py reads, the diff's figures are NumPy's, and a damaged chunk on one side is an error of that
+        tensor (exit 2) while the others are still compared."""
+        rng = np.random.default_rng(14)
+        a = {"layers/a/vars/0": rng.standard_normal((48, 16)).astype(np.float32),
+             "layers/a/vars/1": rng.standard_normal(40),
+             "layers/a/vars/2": rng.standard_normal((12, 4)).astype(np.float32)}
+        b = {k: v.copy() for k, v in a.items()}
+        b["layers/a/vars/0"][3:7] += 0.5
+        paths = {}
+        for side, arrays in (("a", a), ("b", b)):
+            paths[side] = workfile("diff_%s.weights.h5" % side)
+            with h5py.File(paths[side], "w") as f:
+                for name, x in arrays.items():
+                    f.create_dataset(name, data=x, chunks=(8,) + x.shape[1:], compression="gzip")
+        out = workfile("chunked_export.safetensors")
+        proc = self.run_ckpt("export", paths["a"], "-o", out, "--quiet")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        with open(out, "rb") as f:
+            data = f.read()
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        with h5py.File(paths["a"], "r") as f:
+            for name in a:
+                e = header[name.replace("/", ".")]
+                ref = f[name][()]
+                with self.subTest(tensor=name):
+                    self.assertEqual(e["shape"], list(ref.shape))
+                    self.assertEqual(data[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]],
+                                     ref.tobytes())
+        d = self.ckpt_json("diff", paths["a"], paths["b"], expect_rc=1)
+        self.assertEqual(d["identical"], 2)
+        self.assertEqual([c["name"] for c in d["changed"]], ["layers.a.vars.0"])
+        delta = np.abs(b["layers/a/vars/0"].astype(np.float64) - a["layers/a/vars/0"].astype(np.float64))
+        self.assertAlmostEqual(d["changed"][0]["max_abs"], float(delta.max()), delta=1e-12)
+        self.assertAlmostEqual(d["changed"][0]["mean_abs"], float(delta.mean()), delta=1e-12)
+        # damage the second chunk of layers/a/vars/2 in B
+        with h5py.File(paths["b"], "r") as f:
+            chunk = f["layers/a/vars/2"].id.get_chunk_info(1)
+        with open(paths["b"], "r+b") as f:
+            f.seek(chunk.byte_offset + 4)
+            damaged = bytes(x ^ 0x5A for x in f.read(chunk.size - 8))
+            f.seek(chunk.byte_offset + 4)
+            f.write(damaged)
+        proc = self.run_ckpt("diff", paths["a"], paths["b"], "--json")
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        message = ("%s: layers.a.vars.2: HDF5 dataset '/layers/a/vars/2': cannot be read (chunked, 1 filter): "
+                   "inflate() failed" % paths["b"])
+        self.assertEqual(proc.stderr.decode(), "ckpt: %s (values not compared)\n" % message)
+        d = json.loads(proc.stdout)
+        self.assertEqual(d["errors"], [{"name": "layers.a.vars.2", "error": message}])
+        self.assertEqual([c["name"] for c in d["changed"]], ["layers.a.vars.0"])
+        self.assertEqual(d["identical"], 1)
+
     # ---- malformed ---------------------------------------------------------------------------------------
 
     def test_malformed(self):
