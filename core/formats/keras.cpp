@@ -1180,12 +1180,44 @@ std::string readDataset(const Origin& origin, const std::string& h5path, std::ui
         now != nbytes || nbytes > kMaxReadDataset)
         fail("holds " + std::to_string(now) + " bytes now, " + std::to_string(nbytes) +
              " when it was opened");
-    const std::string layout = layoutName(H5Pget_layout(dcpl.get()), H5Pget_nfilters(dcpl.get()));
+    const H5D_layout_t layout = H5Pget_layout(dcpl.get());
+    const std::string how = layoutName(layout, H5Pget_nfilters(dcpl.get()));
     std::string answer(16 + static_cast<std::size_t>(nbytes), '\0');
     const std::uint64_t head[2] = {kWireOk, nbytes};
     std::memcpy(answer.data(), head, sizeof head);
-    if (nbytes && H5Dread(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, answer.data() + 16) < 0)
-        fail("cannot be read (" + layout + "): " + h5Message());
+    char* out = answer.data() + 16;
+    const int rank = H5Sget_simple_extent_ndims(space.get());
+    std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0))), chunk(dims.size());
+    if (nbytes == 0)
+        return answer;
+    if (layout != H5D_CHUNKED || rank < 1 || rank > kMaxRank ||
+        H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr) < 0 ||
+        H5Pget_chunk(dcpl.get(), rank, chunk.data()) < 0 || dims[0] < 2) {
+        clearErrors();
+        if (H5Dread(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+            fail("cannot be read (" + how + "): " + h5Message());
+        return answer;
+    }
+    // Slabs of whole chunk rows along the first dimension (each chunk is inflated once), about 64 MiB each,
+    // with a heartbeat after each: a large compressed dataset takes longer than the parent waits in silence.
+    const std::uint64_t rowBytes = nbytes / dims[0];
+    const hsize_t step = std::max<hsize_t>(chunk[0], 1);
+    const hsize_t rows =
+        std::max<std::uint64_t>(1, (64ull << 20) / std::max<std::uint64_t>(rowBytes * step, 1)) * step;
+    std::vector<hsize_t> start(dims.size(), 0), count = dims;
+    for (hsize_t row = 0; row < dims[0]; row += rows) {
+        start[0] = row;
+        count[0] = std::min(rows, dims[0] - row);
+        H5Id fileSpace(H5Scopy(space.get()), H5Sclose);
+        H5Id memSpace(H5Screate_simple(rank, count.data(), nullptr), H5Sclose);
+        if (!fileSpace.ok() || !memSpace.ok() ||
+            H5Sselect_hyperslab(fileSpace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(),
+                                nullptr) < 0 ||
+            H5Dread(d.get(), type.get(), memSpace.get(), fileSpace.get(), H5P_DEFAULT, out + row * rowBytes) <
+                0)
+            fail("cannot be read (" + how + "): " + h5Message());
+        heartbeat();
+    }
     return answer;
 }
 
@@ -1206,7 +1238,7 @@ std::shared_ptr<const MappedFile> lazyDataset(const Origin& origin, const std::s
         try {
             bytes = runIsolated(
                 origin.path, origin.base, [&] { return readDataset(origin, h5path, nbytes); },
-                static_cast<std::size_t>(nbytes) + 16);
+                static_cast<std::size_t>(nbytes) + 16 + 4096); // and heartbeats
         } catch (const Error& e) {
             throw Error(e.code(), "HDF5 dataset '" + h5path + "': " + e.message(), e.file(), {}, object);
         }
