@@ -155,6 +155,11 @@ const std::uint8_t* MappedFile::lazyData() const {
     return reinterpret_cast<const std::uint8_t*>(z.bytes.data());
 }
 
+void MappedFile::loadIfLazy() const {
+    if (m_lazy)
+        lazyData();
+}
+
 MappedFile::~MappedFile() {
     if (m_mapped)
         munmap(const_cast<std::uint8_t*>(m_data), m_size);
@@ -178,10 +183,8 @@ bool MappedFile::changedOnDisk() const {
 }
 
 void MappedFile::ensureReadable(std::uint64_t end) const {
-    if (m_lazy)
-        lazyData();
     if (m_fd < 0)
-        return;
+        return loadIfLazy(); // in memory: the bytes of a lazy source are produced now
     struct stat st {};
     if (fstat(m_fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < end)
         throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it",

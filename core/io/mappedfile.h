@@ -43,7 +43,7 @@ public:
 
     // True when the file on disk no longer matches what was mapped: shrunk, replaced, or modified.
     bool changedOnDisk() const;
-    // Throws Error(Changed) when the file shrank below `end` or was replaced; produces a lazy source's bytes.
+    // Throws Error(Changed) when the file shrank below `end` or was replaced.
     void ensureReadable(std::uint64_t end) const;
 
     // Tells the kernel this process is done with [offset, offset + n) for now: the pages leave our resident
@@ -66,16 +66,17 @@ private:
     MappedFile() = default;
     struct Lazy;
     const std::uint8_t* lazyData() const;
+    void loadIfLazy() const; // for accessors that hand out no pointer
 
     std::string m_path;
     const std::uint8_t* m_data = nullptr;
     std::uint64_t m_size = 0;
     bool m_mapped = false;
     std::string m_buffer;
+    std::unique_ptr<Lazy> m_lazy;
     int m_fd = -1;
     std::uint64_t m_inode = 0, m_device = 0;
     std::int64_t m_mtimeNs = 0;
-    std::unique_ptr<Lazy> m_lazy;
 };
 
 } // namespace ckpt
