@@ -56,9 +56,13 @@ struct Origin {
     std::uint64_t base = 0; // offset of the image in the file, for messages
     std::string path;       // the file's name in messages (for an inflated member: "archive:member")
     bool onDisk = false;    // `path` names the file on disk: libhdf5 reads it with pread
-    std::shared_ptr<const MappedFile>
-        file; // the file the image lies in: must not change; null when in memory
+    // The file the image lies in, which must not change; null when the image is in memory.
+    std::shared_ptr<const MappedFile> file;
 };
+
+// A source whose bytes are those of the dataset `h5path` of `origin`, read when first asked for.
+std::shared_ptr<const MappedFile> lazyDataset(const Origin& origin, const std::string& h5path,
+                                              std::uint64_t nbytes);
 
 #ifdef CKPT_HAVE_HDF5
 // Debian's serial libhdf5 is not thread-safe, and its error handler setting is process-wide.
@@ -915,17 +919,15 @@ void serialize(Wire& w, const Checkpoint& ck, const std::string& detail) {
     }
 }
 
-std::shared_ptr<const MappedFile> lazyDataset(const Origin& origin, const std::string& h5path,
-                                              std::uint64_t nbytes);
-
-std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSource, const Origin& origin) {
+std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSource, const std::string& path,
+                        std::uint64_t base, const Origin* origin = nullptr) {
     WireReader r(bytes);
     const std::uint64_t tag = r.u64();
     if (tag == kWireError) {
         const auto code = static_cast<ErrorCode>(r.u64());
         const std::string msg = r.str();
         const std::string object = r.str();
-        throw Error(code, msg, origin.path, origin.base, object);
+        throw Error(code, msg, path, base, object);
     }
     if (tag != kWireOk)
         throw std::runtime_error("bad tag");
@@ -937,7 +939,15 @@ std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSourc
         sourceMap.push_back(static_cast<int>(ck.sources.size()));
         ck.sources.push_back({p, mem});
     }
-    auto mapSource = [&](std::int64_t s) {
+    // Storages read on demand get a lazy source of their own, read from `origin` (none: refused).
+    auto mapSource = [&](std::int64_t s, const StorageInfo& storage) {
+        if (s == kLazySource) {
+            if (!origin || storage.nbytes > kMaxReadDataset)
+                throw std::runtime_error("bad lazy storage");
+            auto lazy = lazyDataset(*origin, storage.key, storage.nbytes);
+            ck.sources.push_back({lazy->path(), std::move(lazy)});
+            return static_cast<int>(ck.sources.size()) - 1;
+        }
         if (s < 0)
             return imageSource;
         if (static_cast<std::uint64_t>(s) >= sourceMap.size())
@@ -951,19 +961,9 @@ std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSourc
         s.device = "cpu";
         s.dtype = static_cast<DType>(r.u64());
         s.nbytes = r.u64();
-        const auto source = static_cast<std::int64_t>(r.u64());
+        s.source = mapSource(static_cast<std::int64_t>(r.u64()), s);
         s.fileOffset = r.u64();
         s.bigEndian = r.u64() != 0;
-        if (source == kLazySource) {
-            if (s.nbytes > kMaxReadDataset)
-                throw std::runtime_error("bad size");
-            auto lazy = lazyDataset(origin, s.key, s.nbytes);
-            s.source = static_cast<int>(ck.sources.size());
-            s.fileOffset = 0;
-            ck.sources.push_back({lazy->path(), std::move(lazy)});
-        } else {
-            s.source = mapSource(source);
-        }
         ck.storages.push_back(std::move(s));
     }
     for (std::uint64_t n = r.u64(), i = 0; i < n; ++i) {
@@ -1145,7 +1145,7 @@ std::string readImage(Checkpoint& ck, const Origin& origin, int source) {
         return std::move(w.bytes());
     });
     try {
-        return deserialize(bytes, ck, source, origin);
+        return deserialize(bytes, ck, source, origin.path, origin.base, &origin);
     } catch (const Error&) {
         throw;
     } catch (const std::exception&) {
