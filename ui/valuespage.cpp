@@ -1,12 +1,16 @@
 #include "valuespage.h"
 
+#include "io/error.h"
+
 #include <QComboBox>
+#include <QFutureWatcher>
 #include <QHBoxLayout>
 #include <QHeaderView>
 #include <QLabel>
 #include <QSpinBox>
 #include <QTableView>
 #include <QVBoxLayout>
+#include <QtConcurrent/QtConcurrentRun>
 
 namespace ckpt::ui {
 
@@ -46,6 +50,7 @@ ValuesPage::ValuesPage(QWidget* parent)
 }
 
 void ValuesPage::clear() {
+    ++m_generation;
     m_loaded.reset();
     m_model->clear();
     m_message->hide();
@@ -54,8 +59,36 @@ void ValuesPage::clear() {
 
 void ValuesPage::showTensor(const LoadedPtr& loaded, int tensor) {
     m_loaded = loaded;
-    QString error;
+    const int generation = ++m_generation;
     const TensorInfo& t = loaded->checkpoint->tensors[static_cast<std::size_t>(tensor)];
+    // Data read on demand (a chunked HDF5 dataset): read it on a worker thread first, the page says so.
+    const auto& ck = *loaded->checkpoint;
+    if (t.storage >= 0 && static_cast<std::size_t>(t.storage) < ck.storages.size()) {
+        const auto source = static_cast<std::size_t>(ck.storages[static_cast<std::size_t>(t.storage)].source);
+        if (source < ck.sources.size() && ck.sources[source].file && !ck.sources[source].file->isLoaded()) {
+            m_model->clear();
+            rebuildControls();
+            m_message->setText(tr("Reading the values of %1…").arg(QString::fromStdString(t.name)));
+            m_message->show();
+            auto* watcher = new QFutureWatcher<void>(this);
+            connect(watcher, &QFutureWatcher<void>::finished, this,
+                    [this, watcher, loaded, tensor, generation] {
+                        watcher->deleteLater();
+                        if (generation == m_generation)
+                            showTensor(loaded,
+                                       tensor); // loaded now, or its error is kept for setTensor to report
+                    });
+            auto file = ck.sources[source].file;
+            watcher->setFuture(QtConcurrent::run([file] {
+                try {
+                    file->ensureReadable(0);
+                } catch (const Error&) {
+                }
+            }));
+            return;
+        }
+    }
+    QString error;
     if (!m_model->setTensor(loaded->checkpoint, t, &error)) {
         m_message->setText(
             tr("The values of %1 cannot be shown: %2").arg(QString::fromStdString(t.name), error));

@@ -29,6 +29,7 @@ private:
     void applySlice();
 
     LoadedPtr m_loaded;
+    int m_generation = 0; // of the tensor asked for last: a read that finishes for another is ignored
     ValuesModel* m_model;
     QLabel* m_message;
     QComboBox* m_rowDim;

@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -46,6 +47,22 @@ constexpr std::uint64_t kMaxReadDataset = 2ull << 30;
 constexpr std::uint64_t kMaxReadTotal = 4ull << 30;
 constexpr std::uint64_t kMaxJson = 64ull << 20;
 constexpr std::uint64_t kMaxInflated = 64ull << 30;
+
+// Where the HDF5 file of a checkpoint lies, for reading it at opening and its datasets later.
+struct Origin {
+    std::shared_ptr<const MappedFile> owner; // keeps `image` alive: the file, or the inflated member
+    const std::uint8_t* image = nullptr;
+    std::uint64_t size = 0;
+    std::uint64_t base = 0; // offset of the image in the file, for messages
+    std::string path;       // the file's name in messages (for an inflated member: "archive:member")
+    bool onDisk = false;    // `path` names the file on disk: libhdf5 reads it with pread
+    // The file the image lies in, which must not change; null when the image is in memory.
+    std::shared_ptr<const MappedFile> file;
+};
+
+// A source whose bytes are those of the dataset `h5path` of `origin`, read when first asked for.
+std::shared_ptr<const MappedFile> lazyDataset(const Origin& origin, const std::string& h5path,
+                                              std::uint64_t nbytes);
 
 #ifdef CKPT_HAVE_HDF5
 // Debian's serial libhdf5 is not thread-safe, and its error handler setting is process-wide.
@@ -186,9 +203,38 @@ struct AttrValue {
     double f = 0;
 };
 
-struct DatasetRef {
-    std::string path; // absolute HDF5 path
-};
+std::string tensorName(const std::string& h5path) {
+    std::string n = dotted(h5path);
+    if (n.ends_with(":0"))
+        n.resize(n.size() - 2);
+    return n;
+}
+
+std::string layoutName(H5D_layout_t layout, int nfilters) {
+    std::string s = layout == H5D_CHUNKED   ? "chunked"
+                    : layout == H5D_COMPACT ? "compact"
+                                            : "contiguous, never written";
+    if (nfilters > 0)
+        s += ", " + std::to_string(nfilters) + " filter" + (nfilters > 1 ? "s" : "");
+    return s;
+}
+
+// Storages whose bytes are read from the file only when asked for (chunked, compressed, compact).
+constexpr int kLazySource = -2;
+
+// Opens an HDF5 file read-only: from disk with the sec2 driver (pread) when `onDisk`, as reading metadata
+// spread over a large file through the mapping would fault in up to 64 KiB of tensor data around every page
+// touched; else from the image in place (no H5LT_FILE_IMAGE_OPEN_RW: libhdf5 never writes it). -1 on failure.
+hid_t openHdf5(const std::uint8_t* image, std::uint64_t size, const std::string& path, bool onDisk) {
+    if (onDisk) {
+        H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+        if (fapl.get() >= 0 && H5Pset_fapl_sec2(fapl.get()) >= 0)
+            return H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get());
+        return -1;
+    }
+    return H5LTopen_file_image(const_cast<std::uint8_t*>(image), static_cast<std::size_t>(size),
+                               H5LT_FILE_IMAGE_DONT_COPY | H5LT_FILE_IMAGE_DONT_RELEASE);
+}
 
 class H5Reader {
 public:
@@ -209,18 +255,7 @@ public:
         clearErrors();
         if (m_size > std::numeric_limits<std::size_t>::max())
             throw Error(ErrorCode::Limit, "HDF5 file too large", m_path, m_base);
-        hid_t fid = -1;
-        if (m_onDisk) {
-            // A file on disk is read with the sec2 driver (pread): reading metadata spread over a large file
-            // through the mapping would fault in up to 64 KiB of tensor data around every page touched.
-            H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-            if (fapl.get() >= 0 && H5Pset_fapl_sec2(fapl.get()) >= 0)
-                fid = H5Fopen(m_path.c_str(), H5F_ACC_RDONLY, fapl.get());
-        } else {
-            // Read-only (no H5LT_FILE_IMAGE_OPEN_RW): libhdf5 reads the mapping in place, never writes it.
-            fid = H5LTopen_file_image(const_cast<std::uint8_t*>(m_image), static_cast<std::size_t>(m_size),
-                                      H5LT_FILE_IMAGE_DONT_COPY | H5LT_FILE_IMAGE_DONT_RELEASE);
-        }
+        const hid_t fid = openHdf5(m_image, m_size, m_path, m_onDisk);
         if (fid < 0) {
             const std::string msg = h5Message();
             throw Error(msg.starts_with("truncated file") ? ErrorCode::Truncated : ErrorCode::Malformed,
@@ -572,13 +607,6 @@ private:
         return it != attrs.end() && it->second.kind == AttrValue::Kind::String && it->second.s == "bfloat16";
     }
 
-    std::string tensorName(const std::string& h5path) {
-        std::string n = dotted(h5path);
-        if (n.ends_with(":0"))
-            n.resize(n.size() - 2);
-        return n;
-    }
-
     void addDataset(const std::string& h5path, const std::string& name) {
         heartbeat();
         TensorInfo t;
@@ -666,8 +694,8 @@ private:
             s.source = m_source;
             s.fileOffset = m_base + off;
         } else {
-            // Chunked, compressed, compact or never written: read it whole now (the file image is closed
-            // after opening), bounded against declared sizes far beyond what is stored.
+            // Chunked, compressed, compact or never written: read whole, by another child process, when its
+            // values are first asked for; bounded against declared sizes far beyond what is stored.
             if (nbytes > kMaxReadDataset)
                 return broken(std::to_string(nbytes) + " bytes in " + layoutName(layout, nfilters) +
                               " storage: more than " + std::to_string(kMaxReadDataset) +
@@ -678,28 +706,14 @@ private:
             if (m_readTotal + nbytes > kMaxReadTotal)
                 return broken("chunked and compressed datasets of this file exceed " +
                               std::to_string(kMaxReadTotal) + " bytes in memory");
-            std::string buf(static_cast<std::size_t>(nbytes), '\0');
-            if (nbytes && H5Dread(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data()) < 0)
-                return broken("cannot be read (" + layoutName(layout, nfilters) + "): " + h5Message());
             m_readTotal += nbytes;
-            ++m_readCount;
-            auto mem = MappedFile::fromBuffer(m_path + ":" + h5path, std::move(buf));
-            s.source = static_cast<int>(m_ck.sources.size());
-            m_ck.sources.push_back({mem->path(), mem});
+            ++m_lazyCount;
+            s.source = kLazySource;
             s.fileOffset = 0;
         }
         t.storage = static_cast<int>(m_ck.storages.size());
         m_ck.storages.push_back(std::move(s));
         m_ck.tensors.push_back(std::move(t));
-    }
-
-    static std::string layoutName(H5D_layout_t layout, int nfilters) {
-        std::string s = layout == H5D_CHUNKED   ? "chunked"
-                        : layout == H5D_COMPACT ? "compact"
-                                                : "contiguous, never written";
-        if (nfilters > 0)
-            s += ", " + std::to_string(nfilters) + " filter" + (nfilters > 1 ? "s" : "");
-        return s;
     }
 
     void addValue(const std::string& name, const AttrValue& v) {
@@ -793,8 +807,8 @@ private:
             it != rootAttrs.end() && it->second.kind == AttrValue::Kind::String)
             detail += ", backend " + it->second.s;
         detail += ", " + std::to_string(order.size()) + " datasets";
-        if (m_readCount)
-            detail += " (" + std::to_string(m_readCount) + " chunked or compressed, read into memory)";
+        if (m_lazyCount)
+            detail += " (" + std::to_string(m_lazyCount) + " chunked or compressed, read on demand)";
         return detail;
     }
 
@@ -811,7 +825,7 @@ private:
     std::vector<std::string> m_datasets;
     std::map<std::string, std::map<std::string, AttrValue>> m_groupAttrs;
     std::uint64_t m_readTotal = 0;
-    std::size_t m_readCount = 0;
+    std::size_t m_lazyCount = 0;
 };
 
 // libhdf5 1.10 is not hardened against hostile files: corrupted global heaps and object headers make it
@@ -916,7 +930,7 @@ DType wireDType(std::uint64_t v) {
 // enums in range, indexes to what this answer sent, byte ranges inside their file, views inside their
 // storage.
 std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSource, const std::string& path,
-                        std::uint64_t base) {
+                        std::uint64_t base, const Origin* origin = nullptr) {
     WireReader r(bytes);
     const std::uint64_t tag = r.u64();
     if (tag == kWireError) {
@@ -935,7 +949,15 @@ std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSourc
         sourceMap.push_back(static_cast<int>(ck.sources.size()));
         ck.sources.push_back({p, mem});
     }
-    auto mapSource = [&](std::int64_t s) {
+    // Storages read on demand get a lazy source of their own, read from `origin` (none: refused).
+    auto mapSource = [&](std::int64_t s, const StorageInfo& storage) {
+        if (s == kLazySource) {
+            if (!origin || storage.nbytes > kMaxReadDataset)
+                throw std::runtime_error("bad lazy storage");
+            auto lazy = lazyDataset(*origin, storage.key, storage.nbytes);
+            ck.sources.push_back({lazy->path(), std::move(lazy)});
+            return static_cast<int>(ck.sources.size()) - 1;
+        }
         if (s < 0)
             return imageSource;
         if (static_cast<std::uint64_t>(s) >= sourceMap.size())
@@ -949,7 +971,7 @@ std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSourc
         s.device = "cpu";
         s.dtype = wireDType(r.u64());
         s.nbytes = r.u64();
-        s.source = mapSource(static_cast<std::int64_t>(r.u64()));
+        s.source = mapSource(static_cast<std::int64_t>(r.u64()), s);
         s.fileOffset = r.u64();
         s.bigEndian = r.u64() != 0;
         std::uint64_t end = 0;
@@ -1010,9 +1032,9 @@ std::string deserialize(const std::string& bytes, Checkpoint& ck, int imageSourc
 }
 
 std::string decodeAnswer(const std::string& bytes, Checkpoint& ck, int source, const std::string& path,
-                         std::uint64_t base) {
+                         std::uint64_t base, const Origin* origin = nullptr) {
     try {
-        return deserialize(bytes, ck, source, path, base);
+        return deserialize(bytes, ck, source, path, base, origin);
     } catch (const Error&) {
         throw;
     } catch (const std::exception&) {
@@ -1033,13 +1055,12 @@ bool writeAll(int fd, const char* p, std::size_t n) {
     return true;
 }
 
-[[noreturn]] void childMain(int fd, const std::uint8_t* image, std::uint64_t size, std::uint64_t base,
-                            const std::string& path, bool onDisk) {
-    Wire w;
+// In the child: runs `work`, whose answer (or the Error it throws) goes to the parent over `fd`.
+[[noreturn]] void childMain(int fd, const std::function<std::string()>& work) {
     g_heartbeatFd = fd;
 #if !defined(__SANITIZE_ADDRESS__)
     // Corrupted variable-length data makes libhdf5 allocate and clear absurd sizes; bound the child's address
-    // space to what it may legitimately need (its datasets read into memory, twice while they are sent).
+    // space to what it may legitimately need (datasets read into memory, twice while they are sent).
     if (FILE* statm = std::fopen("/proc/self/statm", "r")) {
         unsigned long long pages = 0;
         if (std::fscanf(statm, "%llu", &pages) == 1) {
@@ -1051,39 +1072,42 @@ bool writeAll(int fd, const char* p, std::size_t n) {
         std::fclose(statm);
     }
 #endif
+    std::string answer;
+    auto error = [&](ErrorCode code, const std::string& message, const std::string& object) {
+        Wire w;
+        w.u64(kWireError);
+        w.u64(static_cast<std::uint64_t>(code));
+        w.str(message);
+        w.str(object);
+        answer = std::move(w.bytes());
+    };
     try {
-        Checkpoint tmp;
-        tmp.arena = std::make_shared<ValueArena>();
-        H5Reader r(tmp, image, size, base, -1, path, onDisk);
-        const std::string detail = r.read();
-        serialize(w, tmp, detail);
+        answer = work();
     } catch (const Error& e) {
-        w.bytes().clear();
-        w.u64(kWireError);
-        w.u64(static_cast<std::uint64_t>(e.code()));
-        w.str(e.message());
-        w.str(e.object());
+        error(e.code(), e.message(), e.object());
     } catch (const std::exception& e) {
-        w.bytes().clear();
-        w.u64(kWireError);
-        w.u64(static_cast<std::uint64_t>(ErrorCode::Malformed));
-        w.str(std::string("HDF5 reader failed: ") + e.what());
-        w.str({});
+        error(ErrorCode::Malformed, std::string("HDF5 reader failed: ") + e.what(), {});
     }
-    _exit(writeAll(fd, w.bytes().data(), w.bytes().size()) ? 0 : 3);
+    _exit(writeAll(fd, answer.data(), answer.size()) ? 0 : 3);
 }
 
 // No sign of progress for this long (the child writes a heartbeat byte per object): taken to hang. A single
-// dataset read (at most 4 GiB, decompressed) must fit in it.
+// dataset read (at most 2 GiB, decompressed) must fit in it.
 constexpr int kChildTimeoutMs = 60'000;
 
-std::string readImage(Checkpoint& ck, const std::uint8_t* image, std::uint64_t size, std::uint64_t base,
-                      int source, const std::string& path, bool onDisk = false) {
-    std::lock_guard lock(h5Mutex());
+// libhdf5 1.10 is not hardened against hostile files, so it only ever runs in a forked child: `work` runs
+// there and its answer comes back over a pipe, heartbeats removed. A child that dies or hangs becomes an
+// Error naming `path`. `expected`: the answer's likely size, reserved up front.
+std::string runIsolated(const std::string& path, std::uint64_t base, const std::function<std::string()>& work,
+                        std::size_t expected = 0) {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0)
         throw Error(ErrorCode::Io, std::string("cannot create a pipe: ") + std::strerror(errno), path, base);
-    const pid_t pid = ::fork();
+    pid_t pid = -1;
+    {
+        std::lock_guard lock(h5Mutex());
+        pid = ::fork();
+    }
     if (pid < 0) {
         ::close(fds[0]);
         ::close(fds[1]);
@@ -1092,28 +1116,34 @@ std::string readImage(Checkpoint& ck, const std::uint8_t* image, std::uint64_t s
     }
     if (pid == 0) {
         ::close(fds[0]);
-        childMain(fds[1], image, size, base, path, onDisk);
+        childMain(fds[1], work);
     }
     ::close(fds[1]);
     std::string bytes;
     bool hung = false;
-    char buf[1 << 16];
-    while (true) {
-        pollfd p{fds[0], POLLIN, 0};
-        const int pr = ::poll(&p, 1, kChildTimeoutMs);
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr == 0) {
-            hung = true;
-            ::kill(pid, SIGKILL);
-            break;
+    try {
+        bytes.reserve(expected);
+        char buf[1 << 16];
+        while (true) {
+            pollfd p{fds[0], POLLIN, 0};
+            const int pr = ::poll(&p, 1, kChildTimeoutMs);
+            if (pr < 0 && errno == EINTR)
+                continue;
+            if (pr == 0) {
+                hung = true;
+                ::kill(pid, SIGKILL);
+                break;
+            }
+            const ssize_t k = ::read(fds[0], buf, sizeof buf);
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k <= 0)
+                break;
+            bytes.append(buf, static_cast<std::size_t>(k));
         }
-        const ssize_t k = ::read(fds[0], buf, sizeof buf);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            break;
-        bytes.append(buf, static_cast<std::size_t>(k));
+    } catch (const std::bad_alloc&) {
+        ::kill(pid, SIGKILL);
+        bytes = {};
     }
     ::close(fds[0]);
     int status = 0;
@@ -1136,19 +1166,145 @@ std::string readImage(Checkpoint& ck, const std::uint8_t* image, std::uint64_t s
                     path, base);
     const std::size_t beats = bytes.find_first_not_of('H');
     bytes.erase(0, beats == std::string::npos ? bytes.size() : beats);
-    return decodeAnswer(bytes, ck, source, path, base);
+    return bytes;
+}
+
+std::string readImage(Checkpoint& ck, const Origin& origin, int source) {
+    std::string bytes = runIsolated(origin.path, origin.base, [&] {
+        Checkpoint tmp;
+        tmp.arena = std::make_shared<ValueArena>();
+        H5Reader r(tmp, origin.image, origin.size, origin.base, -1, origin.path, origin.onDisk);
+        const std::string detail = r.read();
+        Wire w;
+        serialize(w, tmp, detail);
+        return std::move(w.bytes());
+    });
+    return decodeAnswer(bytes, ck, source, origin.path, origin.base, &origin);
+}
+
+// In the child: the answer holding the bytes of one dataset, read whole with its own type as the memory
+// type, as the reader of the file found it (`nbytes`).
+std::string readDataset(const Origin& origin, const std::string& h5path, std::uint64_t nbytes) {
+    H5Eset_auto2(H5E_DEFAULT, recordError, nullptr);
+    clearErrors();
+    const auto fail = [&](const std::string& what) {
+        throw Error(ErrorCode::Malformed, "HDF5 dataset '" + h5path + "': " + what, origin.path, {},
+                    tensorName(h5path));
+    };
+    H5Id file(openHdf5(origin.image, origin.size, origin.path, origin.onDisk), H5Fclose);
+    if (!file.ok())
+        fail("libhdf5 cannot open the file again: " + h5Message());
+    H5Id d(H5Dopen2(file.get(), h5path.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!d.ok())
+        fail("cannot be opened again: " + h5Message());
+    H5Id type(H5Dget_type(d.get()), H5Tclose);
+    H5Id space(H5Dget_space(d.get()), H5Sclose);
+    H5Id dcpl(H5Dget_create_plist(d.get()), H5Pclose);
+    if (!type.ok() || !space.ok() || !dcpl.ok())
+        fail("its type, shape or layout cannot be read: " + h5Message());
+    const hssize_t points = H5Sget_simple_extent_npoints(space.get());
+    std::uint64_t now = 0;
+    if (points < 0 || mulOverflow(static_cast<std::uint64_t>(points), H5Tget_size(type.get()), &now) ||
+        now != nbytes || nbytes > kMaxReadDataset)
+        fail("holds " + std::to_string(now) + " bytes now, " + std::to_string(nbytes) +
+             " when it was opened");
+    const H5D_layout_t layout = H5Pget_layout(dcpl.get());
+    const std::string how = layoutName(layout, H5Pget_nfilters(dcpl.get()));
+    std::string answer(16 + static_cast<std::size_t>(nbytes), '\0');
+    const std::uint64_t head[2] = {kWireOk, nbytes};
+    std::memcpy(answer.data(), head, sizeof head);
+    char* out = answer.data() + 16;
+    const int rank = H5Sget_simple_extent_ndims(space.get());
+    std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0))), chunk(dims.size());
+    if (nbytes == 0)
+        return answer;
+    if (layout != H5D_CHUNKED || rank < 1 || rank > kMaxRank ||
+        H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr) < 0 ||
+        H5Pget_chunk(dcpl.get(), rank, chunk.data()) < 0 || dims[0] < 2) {
+        clearErrors();
+        if (H5Dread(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+            fail("cannot be read (" + how + "): " + h5Message());
+        return answer;
+    }
+    // Slabs of whole chunk rows along the first dimension (each chunk is inflated once), about 64 MiB each,
+    // with a heartbeat after each: a large compressed dataset takes longer than the parent waits in silence.
+    const std::uint64_t rowBytes = nbytes / dims[0];
+    const hsize_t step = std::max<hsize_t>(chunk[0], 1);
+    const hsize_t rows =
+        std::max<std::uint64_t>(1, (64ull << 20) / std::max<std::uint64_t>(rowBytes * step, 1)) * step;
+    std::vector<hsize_t> start(dims.size(), 0), count = dims;
+    for (hsize_t row = 0; row < dims[0]; row += rows) {
+        start[0] = row;
+        count[0] = std::min(rows, dims[0] - row);
+        H5Id fileSpace(H5Scopy(space.get()), H5Sclose);
+        H5Id memSpace(H5Screate_simple(rank, count.data(), nullptr), H5Sclose);
+        if (!fileSpace.ok() || !memSpace.ok() ||
+            H5Sselect_hyperslab(fileSpace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(),
+                                nullptr) < 0 ||
+            H5Dread(d.get(), type.get(), memSpace.get(), fileSpace.get(), H5P_DEFAULT, out + row * rowBytes) <
+                0)
+            fail("cannot be read (" + how + "): " + h5Message());
+        heartbeat();
+    }
+    return answer;
+}
+
+std::shared_ptr<const MappedFile> lazyDataset(const Origin& origin, const std::string& h5path,
+                                              std::uint64_t nbytes) {
+    const std::string name = origin.path + ":" + h5path;
+    if (nbytes == 0)
+        return MappedFile::fromBuffer(name, {});
+    return MappedFile::lazy(name, nbytes, [origin, h5path, nbytes]() -> std::string {
+        const std::string object = tensorName(h5path);
+        // libhdf5 reads the file again: it must still be the one whose structure was read at opening.
+        if (origin.file && origin.file->changedOnDisk())
+            throw Error(ErrorCode::Changed,
+                        "the file changed on disk after it was opened; reload it to read HDF5 dataset '" +
+                            h5path + "'",
+                        origin.file->path(), {}, object);
+        std::string bytes;
+        try {
+            bytes = runIsolated(
+                origin.path, origin.base, [&] { return readDataset(origin, h5path, nbytes); },
+                static_cast<std::size_t>(nbytes) + 16 + 4096); // and heartbeats
+        } catch (const Error& e) {
+            throw Error(e.code(), "HDF5 dataset '" + h5path + "': " + e.message(), e.file(), {}, object);
+        }
+        std::uint64_t head[2] = {0, 0};
+        if (bytes.size() >= sizeof head)
+            std::memcpy(head, bytes.data(), sizeof head);
+        if (head[0] == kWireError) {
+            try {
+                WireReader r(bytes);
+                r.u64();
+                const auto code = static_cast<ErrorCode>(r.u64());
+                const std::string msg = r.str();
+                const std::string childObject = r.str();
+                throw Error(code, msg, origin.path, {}, childObject);
+            } catch (const Error&) {
+                throw;
+            } catch (const std::exception&) {
+            }
+        }
+        if (head[0] != kWireOk || head[1] != nbytes || bytes.size() != 16 + nbytes)
+            throw Error(ErrorCode::Malformed,
+                        "the HDF5 reader sent an incomplete answer for dataset '" + h5path + "'", origin.path,
+                        {}, object);
+        bytes.erase(0, 16);
+        return bytes;
+    });
 }
 
 #else
-std::string decodeAnswer(const std::string&, Checkpoint&, int, const std::string& path, std::uint64_t base) {
+std::string decodeAnswer(const std::string&, Checkpoint&, int, const std::string& path, std::uint64_t base,
+                         const Origin* = nullptr) {
     throw Error(ErrorCode::Unsupported, "HDF5 (Keras) files are not supported: built without libhdf5", path,
                 base);
 }
 
-std::string readImage(Checkpoint&, const std::uint8_t*, std::uint64_t, std::uint64_t base, int,
-                      const std::string& path, bool = false) {
-    throw Error(ErrorCode::Unsupported, "HDF5 (Keras) files are not supported: built without libhdf5", path,
-                base);
+std::string readImage(Checkpoint&, const Origin& origin, int) {
+    throw Error(ErrorCode::Unsupported, "HDF5 (Keras) files are not supported: built without libhdf5",
+                origin.path, origin.base);
 }
 #endif
 
@@ -1181,7 +1337,8 @@ std::shared_ptr<Checkpoint> readKerasH5(std::shared_ptr<const MappedFile> file) 
     auto ck = newCheckpoint(file, "keras-h5");
     // The path is read by libhdf5 itself only while it still names the mapped file.
     const bool onDisk = file->isOnDisk() && !file->changedOnDisk();
-    ck->formatDetail = readImage(*ck, file->data(), file->size(), 0, 0, file->path(), onDisk);
+    const Origin origin{file, file->data(), file->size(), 0, file->path(), onDisk, file};
+    ck->formatDetail = readImage(*ck, origin, 0);
     return ck;
 }
 
@@ -1268,7 +1425,8 @@ std::shared_ptr<Checkpoint> readKerasZip(std::shared_ptr<const MappedFile> file)
     try {
         if (w->method == 0) {
             const auto bytes = zip.storedData(*w);
-            inner = readImage(*ck, bytes.data(), bytes.size(), w->dataOffset, 0, path);
+            const Origin origin{file, bytes.data(), bytes.size(), w->dataOffset, path, false, file};
+            inner = readImage(*ck, origin, 0);
         } else {
             std::uint64_t plausible = 0;
             if (mulOverflow(w->compressedSize, 1032, &plausible) || addOverflow(plausible, 1024, &plausible))
@@ -1277,7 +1435,8 @@ std::shared_ptr<Checkpoint> readKerasZip(std::shared_ptr<const MappedFile> file)
             auto mem = MappedFile::fromBuffer(path + ":model.weights.h5", std::move(bytes));
             const int source = static_cast<int>(ck->sources.size());
             ck->sources.push_back({mem->path(), mem});
-            inner = readImage(*ck, mem->data(), mem->size(), 0, source, mem->path()) + ", inflated in memory";
+            const Origin origin{mem, mem->data(), mem->size(), 0, mem->path(), false, nullptr};
+            inner = readImage(*ck, origin, source) + ", inflated in memory";
         }
     } catch (const Error& e) {
         throw Error(e.code(), "member 'model.weights.h5': " + e.message(), path, e.offset(), e.object());

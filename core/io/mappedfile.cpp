@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstring>
 #include <mutex>
+#include <optional>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -148,6 +149,61 @@ std::shared_ptr<const MappedFile> MappedFile::fromBuffer(std::string name, std::
     return f;
 }
 
+struct MappedFile::Lazy {
+    std::function<std::string()> load;
+    std::mutex mutex;
+    std::atomic<bool> done{false};
+    std::string bytes;
+    std::optional<Error> error;
+};
+
+std::shared_ptr<const MappedFile> MappedFile::lazy(std::string name, std::uint64_t size,
+                                                   std::function<std::string()> load) {
+    std::shared_ptr<MappedFile> f(new MappedFile);
+    f->m_path = std::move(name);
+    f->m_size = size;
+    f->m_lazy = std::make_unique<Lazy>();
+    f->m_lazy->load = std::move(load);
+    return f;
+}
+
+bool MappedFile::isLoaded() const noexcept {
+    return !m_lazy || m_lazy->done.load(std::memory_order_acquire);
+}
+
+const std::uint8_t* MappedFile::lazyData() const {
+    Lazy& z = *m_lazy;
+    if (!z.done.load(std::memory_order_acquire)) {
+        std::lock_guard lock(z.mutex);
+        if (!z.done.load(std::memory_order_relaxed)) {
+            try {
+                z.bytes = z.load();
+                if (z.bytes.size() != m_size)
+                    throw Error(ErrorCode::Malformed,
+                                "reading produced " + std::to_string(z.bytes.size()) + " bytes instead of " +
+                                    std::to_string(m_size),
+                                m_path);
+            } catch (const Error& e) {
+                z.error = e;
+            } catch (const std::exception& e) {
+                z.error = Error(ErrorCode::Io, std::string("cannot be read: ") + e.what(), m_path);
+            }
+            if (z.error)
+                std::string().swap(z.bytes);
+            z.load = nullptr; // what it held (the file it reads) is no longer needed
+            z.done.store(true, std::memory_order_release);
+        }
+    }
+    if (z.error)
+        throw *z.error;
+    return reinterpret_cast<const std::uint8_t*>(z.bytes.data());
+}
+
+void MappedFile::loadIfLazy() const {
+    if (m_lazy)
+        lazyData();
+}
+
 MappedFile::~MappedFile() {
     if (m_region >= 0) {
         g_regions[m_region].begin.store(0, std::memory_order_release);
@@ -181,7 +237,7 @@ bool MappedFile::changedOnDisk() const {
 
 void MappedFile::ensureReadable(std::uint64_t end, const std::string& object) const {
     if (m_fd < 0)
-        return;
+        return loadIfLazy(); // in memory: the bytes of a lazy source are produced now
     struct stat st {};
     if (fstat(m_fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < end || lostPages())
         throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it",
@@ -202,7 +258,7 @@ bool MappedFile::readAt(std::uint64_t offset, std::size_t n, void* dst) const {
     if (offset > m_size || n > m_size - offset)
         return false;
     if (m_fd < 0) {
-        std::memcpy(dst, m_data + offset, n);
+        std::memcpy(dst, data() + offset, n);
         return true;
     }
     auto* out = static_cast<char*>(dst);
@@ -223,7 +279,7 @@ bool MappedFile::copyGuarded(std::uint64_t offset, std::size_t n, void* dst) con
     if (offset > m_size || n > m_size - offset)
         return false;
     if (!m_mapped) {
-        std::memcpy(dst, m_data + offset, n);
+        std::memcpy(dst, data() + offset, n);
         return true;
     }
     CopyJob job{dst, m_data + offset, n};

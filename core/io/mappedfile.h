@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -22,6 +23,11 @@ public:
     static std::shared_ptr<const MappedFile> open(const std::string& path);
     // A private in-memory buffer presented as a file (decompressed records, tests, fuzzing).
     static std::shared_ptr<const MappedFile> fromBuffer(std::string name, std::string bytes);
+    // An in-memory source of `size` bytes that `load` produces on first access (data(), bytes(), readAt(),
+    // copyGuarded(), ensureReadable()), once, whichever thread asks first. When `load` throws or returns
+    // another byte count, that access and every later one throw an Error naming the source.
+    static std::shared_ptr<const MappedFile> lazy(std::string name, std::uint64_t size,
+                                                  std::function<std::string()> load);
 
     ~MappedFile();
     MappedFile(const MappedFile&) = delete;
@@ -31,10 +37,11 @@ public:
     // True for a mapped file (open()), false for an in-memory buffer (fromBuffer()).
     bool isOnDisk() const noexcept { return m_fd >= 0; }
     std::uint64_t size() const noexcept { return m_size; }
-    const std::uint8_t* data() const noexcept { return m_data; }
-    std::span<const std::uint8_t> bytes() const noexcept {
-        return {m_data, static_cast<std::size_t>(m_size)};
-    }
+    // Throw only for a lazy source whose bytes cannot be produced.
+    const std::uint8_t* data() const { return m_lazy ? lazyData() : m_data; }
+    std::span<const std::uint8_t> bytes() const { return {data(), static_cast<std::size_t>(m_size)}; }
+    // False for a lazy source whose bytes were not asked for yet.
+    bool isLoaded() const noexcept;
 
     // True when the file on disk no longer matches what was mapped: shrunk, replaced, or modified.
     bool changedOnDisk() const;
@@ -63,12 +70,16 @@ public:
 
 private:
     MappedFile() = default;
+    struct Lazy;
+    const std::uint8_t* lazyData() const;
+    void loadIfLazy() const; // for accessors that hand out no pointer
 
     std::string m_path;
     const std::uint8_t* m_data = nullptr;
     std::uint64_t m_size = 0;
     bool m_mapped = false;
     std::string m_buffer;
+    std::unique_ptr<Lazy> m_lazy;
     int m_fd = -1;
     std::uint64_t m_inode = 0, m_device = 0;
     std::int64_t m_mtimeNs = 0;

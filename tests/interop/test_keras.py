@@ -6,6 +6,7 @@ layout (.weights.h5), `.keras` zips around such a file, and the real Keras 3 fix
 import io
 import json
 import os
+import subprocess
 import sys
 import zipfile
 
@@ -336,6 +337,154 @@ class KerasTest(CkptTestCase):
         self.check_stats(path, expected)
         out = self.run_ckpt("info", path).stdout.decode()
         self.assertIn("metadata.keras_version = '%s'" % meta["keras_version"], out)
+
+    # ---- chunked / compressed datasets read on demand ----------------------------------------------------
+
+    def run_measured(self, *args):
+        """(exit status, stdout, peak resident set in bytes of ckpt and the children it waited for), measured
+        by GNU time (scripts/setup.sh installs it): a process forked from this one would start with the
+        test's own peak."""
+        report = workfile("measured.time")
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", report, common.CKPT] + [str(a) for a in args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=common.RUN_TIMEOUT,
+                              cwd=common.WORKDIR)
+        with open(report) as f:
+            peak_kib = int(f.read().split()[-1])
+        return proc.returncode, proc.stdout, peak_kib * 1024
+
+    def test_chunked_read_on_demand(self):
+        """Opening a file with a 96 MiB gzip-compressed chunked dataset does not read it: `ckpt info` and
+        `ckpt ls` stay far below its size in peak memory (the libhdf5 child included, which read it whole at
+        opening before), while `ckpt stats`, which needs the values, reads it (in two slabs) and matches h5py,
+        and `ckpt diff` finds it identical to the same array stored contiguous."""
+        path = workfile("big_chunked.weights.h5")
+        rng = np.random.default_rng(12)
+        big = (rng.integers(0, 16, (6144, 4096)) * 0.5 - 3.75).astype(np.float32)   # 96 MiB, gzip ~ 5:1
+        small = rng.standard_normal((8, 5)).astype(np.float32)
+        with h5py.File(path, "w") as f:
+            f.create_dataset("layers/dense/vars/0", data=big, chunks=(256, 4096), compression="gzip",
+                             compression_opts=1)
+            f.create_dataset("layers/dense/vars/1", data=small)
+        plain = workfile("big_contiguous.weights.h5")
+        with h5py.File(plain, "w") as f:
+            f.create_dataset("layers/dense/vars/0", data=big)
+            f.create_dataset("layers/dense/vars/1", data=small)
+        del big
+        self.assertLess(os.path.getsize(path), 48 << 20)
+        for cmd in ("info", "ls"):
+            rc, out, peak = self.run_measured(cmd, path)
+            self.assertEqual(rc, 0, out[-1000:])
+            self.assertLess(peak, 48 << 20, "ckpt %s peaked at %d bytes: the dataset was read" % (cmd, peak))
+        rc, out, _ = self.run_measured("info", path)
+        self.assertIn(b"Keras 3 weights, 2 datasets (1 chunked or compressed, read on demand)", out)
+        rc, out, peak = self.run_measured("stats", "--json", path)
+        self.assertEqual(rc, 0, out[-1000:])
+        self.assertGreater(peak, 96 << 20, "the measure does not see the dataset read by ckpt stats")
+        got = {e["name"]: e for e in json.loads(out)["tensors"]}
+        with h5py.File(path, "r") as f:
+            for name in ("layers/dense/vars/0", "layers/dense/vars/1"):
+                ref = ref_stats(values_of(f[name][()]))
+                with self.subTest(tensor=name):
+                    msg = stats_mismatch(got[name.replace("/", ".")], ref, common.DEFAULT_BINS)
+                    self.assertIsNone(msg, msg)
+        # element by element, in order: the same values stored contiguous (mapped in place) compare identical
+        d = self.ckpt_json("diff", path, plain)
+        self.assertEqual((d["identical"], d["changed"], d.get("errors", [])), (2, [], []))
+
+    def test_chunked_read_fails_per_tensor(self):
+        """A gzip chunk whose bytes are damaged: the file still opens and lists every tensor (the chunk is not
+        read then); `ckpt stats` reports libhdf5's error for that tensor alone and the right values for the
+        others."""
+        path = workfile("damaged_chunk.weights.h5")
+        rng = np.random.default_rng(13)
+        arrays = {
+            "layers/a/vars/0": rng.standard_normal((64, 64)).astype(np.float32),
+            "layers/a/vars/1": rng.standard_normal((64, 64)).astype(np.float32),
+            "layers/a/vars/2": np.arange(10, dtype=np.float32),
+        }
+        with h5py.File(path, "w") as f:
+            for name, a in arrays.items():
+                if a.ndim == 2:
+                    f.create_dataset(name, data=a, chunks=(16, 64), compression="gzip")
+                else:
+                    f.create_dataset(name, data=a)
+        with h5py.File(path, "r") as f:
+            chunk = f["layers/a/vars/0"].id.get_chunk_info(1)
+        with open(path, "r+b") as f:
+            f.seek(chunk.byte_offset + 8)
+            f.write(bytes(b ^ 0x5A for b in f.read(chunk.size - 16)))
+            f.seek(chunk.byte_offset + 8)
+        ls = self.ckpt_json("ls", path)
+        self.assertEqual([e["name"] for e in ls["tensors"]], ["layers.a.vars.0", "layers.a.vars.1",
+                                                             "layers.a.vars.2"])
+        self.assertTrue(all("error" not in e for e in ls["tensors"]), ls)
+        self.assertEqual(ls.get("findings", []), [])
+        proc = self.run_ckpt("stats", "--json", path)
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        got = {e["name"]: e for e in json.loads(proc.stdout)["tensors"]}
+        message = "HDF5 dataset '/layers/a/vars/0': cannot be read (chunked, 1 filter): inflate() failed"
+        self.assertEqual(got["layers.a.vars.0"], {"name": "layers.a.vars.0", "error": message})
+        self.assertEqual(proc.stderr.decode(), "ckpt: %s: layers.a.vars.0: %s\n" % (path, message))
+        for name in ("layers/a/vars/1", "layers/a/vars/2"):
+            with self.subTest(tensor=name):
+                msg = stats_mismatch(got[name.replace("/", ".")], ref_stats(values_of(arrays[name])),
+                                     common.DEFAULT_BINS)
+                self.assertIsNone(msg, msg)
+
+    def test_chunked_export_and_diff(self):
+        """`ckpt export` and `ckpt diff` read chunked gzip datasets on demand: the exported safetensors holds the
+        bytes h5py reads, the diff's figures are NumPy's, and a damaged chunk on one side is an error of that
+        tensor (exit 2) while the others are still compared."""
+        rng = np.random.default_rng(14)
+        a = {"layers/a/vars/0": rng.standard_normal((48, 16)).astype(np.float32),
+             "layers/a/vars/1": rng.standard_normal(40),
+             "layers/a/vars/2": rng.standard_normal((12, 4)).astype(np.float32)}
+        b = {k: v.copy() for k, v in a.items()}
+        b["layers/a/vars/0"][3:7] += 0.5
+        paths = {}
+        for side, arrays in (("a", a), ("b", b)):
+            paths[side] = workfile("diff_%s.weights.h5" % side)
+            with h5py.File(paths[side], "w") as f:
+                for name, x in arrays.items():
+                    f.create_dataset(name, data=x, chunks=(8,) + x.shape[1:], compression="gzip")
+        out = workfile("chunked_export.safetensors")
+        proc = self.run_ckpt("export", paths["a"], "-o", out, "--quiet")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        with open(out, "rb") as f:
+            data = f.read()
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        with h5py.File(paths["a"], "r") as f:
+            for name in a:
+                e = header[name.replace("/", ".")]
+                ref = f[name][()]
+                with self.subTest(tensor=name):
+                    self.assertEqual(e["shape"], list(ref.shape))
+                    self.assertEqual(data[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]],
+                                     ref.tobytes())
+        d = self.ckpt_json("diff", paths["a"], paths["b"], expect_rc=1)
+        self.assertEqual(d["identical"], 2)
+        self.assertEqual([c["name"] for c in d["changed"]], ["layers.a.vars.0"])
+        delta = np.abs(b["layers/a/vars/0"].astype(np.float64) - a["layers/a/vars/0"].astype(np.float64))
+        self.assertAlmostEqual(d["changed"][0]["max_abs"], float(delta.max()), delta=1e-12)
+        self.assertAlmostEqual(d["changed"][0]["mean_abs"], float(delta.mean()), delta=1e-12)
+        # damage the second chunk of layers/a/vars/2 in B
+        with h5py.File(paths["b"], "r") as f:
+            chunk = f["layers/a/vars/2"].id.get_chunk_info(1)
+        with open(paths["b"], "r+b") as f:
+            f.seek(chunk.byte_offset + 4)
+            damaged = bytes(x ^ 0x5A for x in f.read(chunk.size - 8))
+            f.seek(chunk.byte_offset + 4)
+            f.write(damaged)
+        proc = self.run_ckpt("diff", paths["a"], paths["b"], "--json")
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        message = ("%s: layers.a.vars.2: HDF5 dataset '/layers/a/vars/2': cannot be read (chunked, 1 filter): "
+                   "inflate() failed" % paths["b"])
+        self.assertEqual(proc.stderr.decode(), "ckpt: %s (values not compared)\n" % message)
+        d = json.loads(proc.stdout)
+        self.assertEqual(d["errors"], [{"name": "layers.a.vars.2", "error": message}])
+        self.assertEqual([c["name"] for c in d["changed"]], ["layers.a.vars.0"])
+        self.assertEqual(d["identical"], 1)
 
     # ---- malformed ---------------------------------------------------------------------------------------
 

@@ -241,6 +241,16 @@ for epoch in keras_epochs:
 expected["keras_run"] = {"dir": keras_dir, "order": [f"keras_model_{e:02d}.h5" for e in keras_epochs],
                          "tensor": "d.d.kernel", "points": keras_points}
 
+# ---- a Keras 3 file whose kernel is chunked and gzip-compressed (read when its values are first shown);
+# the values as h5py reads them back.
+keras_chunked = os.path.join(out, "chunked.weights.h5")
+with h5py.File(keras_chunked, "w") as f:
+    f.create_dataset("layers/dense/vars/0", data=np.random.default_rng(23).standard_normal((40, 6)).astype(np.float32),
+                     chunks=(8, 6), compression="gzip")
+with h5py.File(keras_chunked, "r") as f:
+    expected["keras_chunked"] = {"file": keras_chunked, "tensor": "layers.dense.vars.0",
+                                 "values": f["layers/dense/vars/0"][()].astype(np.float64).tolist()}
+
 # ---- two checkpoints to compare: B is A one training step later, with one tensor removed, one added, one
 # reshaped and one left untouched.
 torch.manual_seed(9)

@@ -106,6 +106,7 @@ private Q_SLOTS:
     void histogramEqualsNumpy();
     void cancelStopsTheWorker();
     void valuesTableSlices();
+    void valuesOfChunkedDataset();
     void copyFullName();
     void fileChangedOnDiskOffersReload();
     void unreadableFileShowsError();
@@ -320,6 +321,25 @@ void TestBrowser::valuesTableSlices() {
     QCOMPARE(m->rowCount(), 4000000);
     QCOMPARE(m->columnCount(), 1);
     QVERIFY(m->index(3999999, 0).data().isValid());
+}
+
+// A chunked, gzip-compressed Keras dataset is read on a worker thread when its values are first shown: the
+// table is empty right after the selection, then holds what h5py reads.
+void TestBrowser::valuesOfChunkedDataset() {
+    const QJsonObject k = m_expected.value(QStringLiteral("keras_chunked")).toObject();
+    MainWindow w;
+    CheckpointView* v = openAndWait(w, k.value(QStringLiteral("file")).toString());
+    QVERIFY(v && v->selectName(k.value(QStringLiteral("tensor")).toString()));
+    ValuesModel* m = v->valuesPage()->model();
+    QCOMPARE(m->rowCount(), 0);
+    const QJsonArray rows = k.value(QStringLiteral("values")).toArray();
+    QTRY_COMPARE_WITH_TIMEOUT(m->rowCount(), rows.size(), 30000);
+    for (int r = 0; r < rows.size(); ++r) {
+        const QJsonArray cols = rows[r].toArray();
+        QCOMPARE(m->columnCount(), cols.size());
+        for (int c = 0; c < cols.size(); ++c)
+            QCOMPARE(m->index(r, c).data(Qt::UserRole).toDouble(), cols[c].toDouble());
+    }
 }
 
 void TestBrowser::copyFullName() {
