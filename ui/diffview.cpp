@@ -1,6 +1,7 @@
 #include "diffview.h"
 
 #include "diffmodel.h"
+#include "plotstyle.h"
 
 #include "io/error.h"
 #include "model/dtype.h"
@@ -38,17 +39,6 @@ const QColor kColorDelta(117, 84, 166); // purple
 
 QString number(double v) {
     return std::isnan(v) ? QStringLiteral("–") : QString::number(v, 'g', 6);
-}
-
-void styleRect(QCPAxisRect* rect, const QPalette& p) {
-    for (QCPAxis* axis : rect->axes()) {
-        axis->setBasePen(QPen(p.color(QPalette::Text)));
-        axis->setTickPen(QPen(p.color(QPalette::Text)));
-        axis->setSubTickPen(QPen(p.color(QPalette::Text)));
-        axis->setTickLabelColor(p.color(QPalette::Text));
-        axis->setLabelColor(p.color(QPalette::Text));
-        axis->grid()->setPen(QPen(p.color(QPalette::Mid), 0, Qt::DotLine));
-    }
 }
 
 // A histogram as a stepped outline with a translucent fill.
@@ -155,7 +145,7 @@ DiffView::DiffView(const QString& pathA, const QString& pathB, QWidget* parent)
         m_plot->plotLayout()->addElement(k, 0, rect);
         rect->axis(QCPAxis::atLeft)->setLabel(tr("count"));
         rect->axis(QCPAxis::atBottom)->setLabel(k == 0 ? tr("value") : tr("B − A"));
-        styleRect(rect, pal);
+        stylePlotAxes(rect->axes(), pal);
     }
     m_plot->legend = new QCPLegend;
     m_plot->axisRect(0)->insetLayout()->addElement(m_plot->legend, Qt::AlignTop | Qt::AlignRight);

@@ -1,4 +1,5 @@
 #include "histogrampage.h"
+#include "plotstyle.h"
 
 #include "analysis/torchstats/loader.h"
 #include "io/error.h"
@@ -291,14 +292,7 @@ void HistogramPage::applyPalette() {
     // Follow the platform theme, dark or light.
     const QPalette p = palette();
     m_plot->setBackground(p.brush(QPalette::Base));
-    for (QCPAxis* axis : {m_plot->xAxis, m_plot->yAxis}) {
-        axis->setBasePen(QPen(p.color(QPalette::Text)));
-        axis->setTickPen(QPen(p.color(QPalette::Text)));
-        axis->setSubTickPen(QPen(p.color(QPalette::Text)));
-        axis->setTickLabelColor(p.color(QPalette::Text));
-        axis->setLabelColor(p.color(QPalette::Text));
-        axis->grid()->setPen(QPen(p.color(QPalette::Mid), 0, Qt::DotLine));
-    }
+    stylePlotAxes({m_plot->xAxis, m_plot->yAxis}, p);
     QColor fill = p.color(QPalette::Highlight);
     m_bars->setPen(QPen(fill.darker(120)));
     fill.setAlpha(170);

@@ -1,6 +1,7 @@
 #include "timelineview.h"
 
 #include "moduletreemodel.h"
+#include "plotstyle.h"
 #include "treeproxy.h"
 
 #include "io/error.h"
@@ -36,17 +37,6 @@ QColor timeColor(std::size_t i, std::size_t n) {
     return QColor::fromRgbF(static_cast<float>(early.redF() + t * (late.redF() - early.redF())),
                             static_cast<float>(early.greenF() + t * (late.greenF() - early.greenF())),
                             static_cast<float>(early.blueF() + t * (late.blueF() - early.blueF())));
-}
-
-void styleAxes(const QList<QCPAxis*>& axes, const QPalette& p) {
-    for (QCPAxis* axis : axes) {
-        axis->setBasePen(QPen(p.color(QPalette::Text)));
-        axis->setTickPen(QPen(p.color(QPalette::Text)));
-        axis->setSubTickPen(QPen(p.color(QPalette::Text)));
-        axis->setTickLabelColor(p.color(QPalette::Text));
-        axis->setLabelColor(p.color(QPalette::Text));
-        axis->grid()->setPen(QPen(p.color(QPalette::Mid), 0, Qt::DotLine));
-    }
 }
 
 // The x coordinate of each checkpoint: its step when every name carries a distinct one, else its position.
@@ -529,7 +519,7 @@ void TimelineView::applyPalette() {
     for (QCustomPlot* plot : {m_curves, m_hist}) {
         plot->setBackground(p.brush(QPalette::Base));
         for (QCPAxisRect* rect : plot->axisRects())
-            styleAxes(rect->axes(), p);
+            stylePlotAxes(rect->axes(), p);
     }
 }
 
