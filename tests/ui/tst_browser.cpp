@@ -3,6 +3,7 @@
 
 #include "checkpointview.h"
 #include "detailspane.h"
+#include "guitest.h"
 #include "histogrampage.h"
 #include "mainwindow.h"
 #include "moduletreemodel.h"
@@ -41,15 +42,9 @@
 
 using namespace ckpt;
 using namespace ckpt::ui;
+using namespace ckpt::uitest;
 
 namespace {
-
-QJsonObject expected() {
-    QFile f(qEnvironmentVariable("CKPT_GUI_FIXTURES") + QStringLiteral("/gui_fixture.json"));
-    if (!f.open(QIODevice::ReadOnly))
-        qFatal("fixture missing: run tests/ui/make_fixtures.py (CTest does it as a fixture step)");
-    return QJsonDocument::fromJson(f.readAll()).object();
-}
 
 QString fixturePath() {
     return expected().value(QStringLiteral("file")).toString();

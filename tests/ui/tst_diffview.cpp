@@ -5,6 +5,7 @@
 
 #include "diffmodel.h"
 #include "diffview.h"
+#include "guitest.h"
 #include "mainwindow.h"
 
 #include <qcustomplot.h>
@@ -26,19 +27,9 @@
 
 using namespace ckpt;
 using namespace ckpt::ui;
+using namespace ckpt::uitest;
 
 namespace {
-
-QJsonObject expected() {
-    QFile f(qEnvironmentVariable("CKPT_GUI_FIXTURES") + QStringLiteral("/gui_fixture.json"));
-    if (!f.open(QIODevice::ReadOnly))
-        qFatal("fixture missing: run tests/ui/make_fixtures.py (CTest does it as a fixture step)");
-    return QJsonDocument::fromJson(f.readAll()).object();
-}
-
-bool close(double got, double want, double rel = 1e-9) {
-    return std::abs(got - want) <= rel * std::max(std::abs(want), 1e-12);
-}
 
 // Every tensor row of a model (or proxy) under `parent`, by full name.
 void tensorRows(const QAbstractItemModel& m, const QModelIndex& parent, QMap<QString, QModelIndex>& out) {

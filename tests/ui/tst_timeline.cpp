@@ -2,6 +2,7 @@
 // histograms of a tensor or module across it, against what PyTorch and NumPy computed from the same files
 // (tests/ui/make_fixtures.py trains a small model for ten epochs and saves a checkpoint per epoch).
 
+#include "guitest.h"
 #include "timelineview.h"
 
 #include "io/error.h"
@@ -25,21 +26,9 @@
 
 using namespace ckpt;
 using namespace ckpt::ui;
+using namespace ckpt::uitest;
 
-namespace {
-
-QJsonObject expected() {
-    QFile f(qEnvironmentVariable("CKPT_GUI_FIXTURES") + QStringLiteral("/gui_fixture.json"));
-    if (!f.open(QIODevice::ReadOnly))
-        qFatal("fixture missing: run tests/ui/make_fixtures.py (CTest does it as a fixture step)");
-    return QJsonDocument::fromJson(f.readAll()).object();
-}
-
-bool close(double got, double want, double rel = 1e-9) {
-    return std::abs(got - want) <= rel * std::max(std::abs(want), 1e-12);
-}
-
-} // namespace
+namespace {} // namespace
 
 class TestTimeline : public QObject {
     Q_OBJECT
