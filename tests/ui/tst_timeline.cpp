@@ -28,8 +28,6 @@ using namespace ckpt;
 using namespace ckpt::ui;
 using namespace ckpt::uitest;
 
-namespace {} // namespace
-
 class TestTimeline : public QObject {
     Q_OBJECT
 private Q_SLOTS:
