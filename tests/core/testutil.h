@@ -21,6 +21,23 @@ inline std::string readFile(const std::string& path) {
     return ss.str();
 }
 
+// Protobuf wire format, the few encodings the TensorFlow bundle protos use (written from the encoding spec).
+inline std::string varint(std::uint64_t v) {
+    std::string s;
+    while (v >= 0x80) {
+        s += static_cast<char>((v & 0x7F) | 0x80);
+        v >>= 7;
+    }
+    s += static_cast<char>(v);
+    return s;
+}
+inline std::string fieldVarint(int field, std::uint64_t v) {
+    return varint(static_cast<std::uint64_t>(field) << 3) + varint(v);
+}
+inline std::string fieldBytes(int field, const std::string& b) {
+    return varint((static_cast<std::uint64_t>(field) << 3) | 2) + varint(b.size()) + b;
+}
+
 inline std::string dataPath(const char* name) {
     return std::string(CKPT_TEST_DATA) + "/" + name;
 }

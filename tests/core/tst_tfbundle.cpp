@@ -20,21 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string varint(std::uint64_t v) {
-    std::string s;
-    while (v >= 0x80) {
-        s += static_cast<char>((v & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    s += static_cast<char>(v);
-    return s;
-}
-std::string fieldVarint(int field, std::uint64_t v) {
-    return varint(static_cast<std::uint64_t>(field) << 3) + varint(v);
-}
-std::string fieldBytes(int field, const std::string& b) {
-    return varint((static_cast<std::uint64_t>(field) << 3) | 2) + varint(b.size()) + b;
-}
 std::string u32le(std::uint32_t v) {
     std::string s(4, '\0');
     putU32(s, 0, v);

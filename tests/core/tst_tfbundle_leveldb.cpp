@@ -34,21 +34,6 @@ namespace {
 
 // ---- protobuf wire format (the few encodings BundleHeaderProto / BundleEntryProto use) ----
 
-std::string varint(std::uint64_t v) {
-    std::string s;
-    while (v >= 0x80) {
-        s += static_cast<char>((v & 0x7F) | 0x80);
-        v >>= 7;
-    }
-    s += static_cast<char>(v);
-    return s;
-}
-std::string fieldVarint(int field, std::uint64_t v) {
-    return varint(static_cast<std::uint64_t>(field) << 3) + varint(v);
-}
-std::string fieldBytes(int field, const std::string& b) {
-    return varint((static_cast<std::uint64_t>(field) << 3) | 2) + varint(b.size()) + b;
-}
 std::string fieldFixed32(int field, std::uint32_t v) {
     std::string s = varint((static_cast<std::uint64_t>(field) << 3) | 5);
     for (int i = 0; i < 4; ++i)
