@@ -635,15 +635,28 @@ struct RawJob {
 };
 
 template <typename T> void rawKernel(RawJob& j) {
-    const auto* a = reinterpret_cast<const T*>(j.a);
-    const auto* b = reinterpret_cast<const T*>(j.b);
+    // Data at an offset that is no multiple of the element size (HDF5 places contiguous datasets anywhere)
+    // is copied into aligned buffers a chunk at a time: typed loads from it would be undefined behaviour.
+    const bool aligned = reinterpret_cast<std::uintptr_t>(j.a) % alignof(T) == 0 &&
+                         reinterpret_cast<std::uintptr_t>(j.b) % alignof(T) == 0;
+    T bufA[kChunk], bufB[kChunk];
     for (std::size_t off = 0; off < j.n; off += kChunk) {
         const std::size_t n = std::min(kChunk, j.n - off);
-        if (std::memcmp(a + off, b + off, n * sizeof(T)) == 0) {
-            accumulateSame(a + off, n, *j.acc);
+        const std::uint8_t* pa = j.a + off * sizeof(T);
+        const std::uint8_t* pb = j.b + off * sizeof(T);
+        const T* a = reinterpret_cast<const T*>(pa);
+        const T* b = reinterpret_cast<const T*>(pb);
+        if (!aligned) {
+            std::memcpy(bufA, pa, n * sizeof(T));
+            std::memcpy(bufB, pb, n * sizeof(T));
+            a = bufA;
+            b = bufB;
+        }
+        if (std::memcmp(a, b, n * sizeof(T)) == 0) {
+            accumulateSame(a, n, *j.acc);
         } else {
             *j.allSame = false;
-            accumulate(a + off, b + off, n, j.threshold, *j.acc);
+            accumulate(a, b, n, j.threshold, *j.acc);
         }
     }
     j.typed = true;
