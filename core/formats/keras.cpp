@@ -29,6 +29,7 @@
 #include <set>
 #include <signal.h>
 #include <string_view>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1056,7 +1057,12 @@ bool writeAll(int fd, const char* p, std::size_t n) {
 }
 
 // In the child: runs `work`, whose answer (or the Error it throws) goes to the parent over `fd`.
-[[noreturn]] void childMain(int fd, const std::function<std::string()>& work) {
+[[noreturn]] void childMain(int fd, const std::function<std::string()>& work, pid_t parent) {
+    // Never outlive the process that waits for the answer: a libhdf5 caught in a loop by a hostile file would
+    // otherwise spin on, holding whatever the parent shared with it (its output pipes, for one).
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent)
+        _exit(4);
     g_heartbeatFd = fd;
 #if !defined(__SANITIZE_ADDRESS__)
     // Corrupted variable-length data makes libhdf5 allocate and clear absurd sizes; bound the child's address
@@ -1104,6 +1110,7 @@ std::string runIsolated(const std::string& path, std::uint64_t base, const std::
     if (::pipe2(fds, O_CLOEXEC) != 0)
         throw Error(ErrorCode::Io, std::string("cannot create a pipe: ") + std::strerror(errno), path, base);
     pid_t pid = -1;
+    const pid_t parent = ::getpid();
     {
         std::lock_guard lock(h5Mutex());
         pid = ::fork();
@@ -1116,7 +1123,7 @@ std::string runIsolated(const std::string& path, std::uint64_t base, const std::
     }
     if (pid == 0) {
         ::close(fds[0]);
-        childMain(fds[1], work);
+        childMain(fds[1], work, parent);
     }
     ::close(fds[1]);
     std::string bytes;
