@@ -1,8 +1,8 @@
 #include "mainwindow.h"
 
 #include "checkpointview.h"
-#include "exportdialog.h"
 #include "diffview.h"
+#include "exportdialog.h"
 #include "timelineview.h"
 
 #include <QAction>

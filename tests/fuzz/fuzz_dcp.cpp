@@ -1,7 +1,7 @@
 // libFuzzer target: bytes as the .metadata pickle of a PyTorch distributed checkpoint, in a folder that holds
-// the four .distcp files of a real 4-rank checkpoint (tests/fuzz/dcp_data, written by torch.distributed.checkpoint
-// through tests/interop/test_dcp.py --generate); then the assembled checkpoint's reports and statistics. The
-// seeds are the .metadata files of three real checkpoints.
+// the four .distcp files of a real 4-rank checkpoint (tests/fuzz/dcp_data, written by
+// torch.distributed.checkpoint through tests/interop/test_dcp.py --generate); then the assembled checkpoint's
+// reports and statistics. The seeds are the .metadata files of three real checkpoints.
 
 #include "formats/dcp.h"
 #include "fuzz_common.h"
