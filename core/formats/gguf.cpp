@@ -122,6 +122,8 @@ private:
     [[noreturn]] void fail(ErrorCode code, const std::string& what, std::uint64_t at) const {
         throw Error(code, what, m_path, at);
     }
+    // A string's length, checked against the bytes left and maxLen; the reader stays at its first byte.
+    std::size_t stringLength(std::uint64_t maxLen, const std::string& what);
     std::string readString(std::uint64_t maxLen, const std::string& what);
     void skipString(const std::string& what);
     Value* readValue(std::uint32_t type, int depth, bool keep, const std::string& key);
@@ -136,7 +138,7 @@ private:
     std::uint64_t m_keptBudget = kArrayItemsKeptInAll;
 };
 
-std::string GgufParser::readString(std::uint64_t maxLen, const std::string& what) {
+std::size_t GgufParser::stringLength(std::uint64_t maxLen, const std::string& what) {
     const std::uint64_t at = m_r.absolutePosition();
     const std::uint64_t n = m_r.u64le();
     if (n > m_r.remaining())
@@ -147,22 +149,15 @@ std::string GgufParser::readString(std::uint64_t maxLen, const std::string& what
     if (n > maxLen)
         fail(ErrorCode::Limit,
              what + " is " + std::to_string(n) + " bytes long; the limit is " + std::to_string(maxLen), at);
-    return std::string(m_r.stringView(static_cast<std::size_t>(n)));
+    return static_cast<std::size_t>(n);
+}
+
+std::string GgufParser::readString(std::uint64_t maxLen, const std::string& what) {
+    return std::string(m_r.stringView(stringLength(maxLen, what)));
 }
 
 void GgufParser::skipString(const std::string& what) {
-    const std::uint64_t at = m_r.absolutePosition();
-    const std::uint64_t n = m_r.u64le();
-    if (n > m_r.remaining())
-        fail(ErrorCode::Truncated,
-             what + " of " + std::to_string(n) + " bytes runs past the end of the file (" +
-                 std::to_string(m_r.remaining()) + " bytes left)",
-             at);
-    if (n > kMaxString)
-        fail(ErrorCode::Limit,
-             what + " is " + std::to_string(n) + " bytes long; the limit is " + std::to_string(kMaxString),
-             at);
-    m_r.skip(static_cast<std::size_t>(n));
+    m_r.skip(stringLength(kMaxString, what));
 }
 
 Value* GgufParser::integer(std::uint64_t v, bool isSigned, int bytes) {
