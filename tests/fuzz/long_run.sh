@@ -1,0 +1,55 @@
+#!/bin/bash
+# A long run of fuzz targets, keeping corpus, crashes and the log per target; prints one
+# row of the table in tests/fuzz/README.md per target: wall seconds, CPU seconds (user + system, children
+# included), executions, executions per second, coverage, features, corpus, peak RSS, findings.
+#
+#   tests/fuzz/long_run.sh [-s SECONDS] [-d DIR] [-b BUILD] TARGET...     (TARGET: zip, unpickler, ...)
+#
+# DIR (default fuzz-runs) keeps DIR/<target>/corpus between runs, so a second run continues the first;
+# DIR/<target>/crash-*, leak-*, timeout-*, oom-* are findings. The targets run one after the other; start
+# the script once per target for parallel runs: N runs of S seconds on C cores give each about S*C/N CPU
+# seconds.
+set -euo pipefail
+seconds=3600
+dir=fuzz-runs
+build=build/fuzz
+while getopts "s:d:b:" opt; do
+  case $opt in
+    s) seconds=$OPTARG ;;
+    d) dir=$OPTARG ;;
+    b) build=$OPTARG ;;
+    *) exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ $# -gt 0 ] || { echo "usage: $0 [-s SECONDS] [-d DIR] [-b BUILD] TARGET..." >&2; exit 2; }
+
+for t in "$@"; do
+  bin=$build/tests/fuzz/fuzz_$t
+  seeds=$build/tests/fuzz/seeds/$t
+  [ -x "$bin" ] || { echo "$bin: not built (cmake --preset fuzz && cmake --build $build)" >&2; exit 2; }
+  out=$dir/$t
+  mkdir -p "$out/corpus"
+  timeout=20
+  [ "$t" = keras ] && timeout=0 # each libhdf5 child is bounded by the reader's own limit
+  log=$out/run-$(date +%Y%m%d-%H%M%S).log
+  start=$(date +%s)
+  set +e
+  /usr/bin/time -o "$out/time" -f "%U %S" "$bin" -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=$timeout -print_final_stats=1 \
+    -artifact_prefix="$out/" "$out/corpus" "$seeds" >"$log" 2>&1
+  rc=$?
+  set -e
+  took=$(($(date +%s) - start))
+  cpu=$(tail -1 "$out/time" | awk '{ printf "%d", $1 + $2 }')
+  # libFuzzer's last status line ("#N DONE cov: C ft: F corp: K/S ...") and its final statistics
+  last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
+  cov=$(sed -nE 's/.* cov: ([0-9]+).*/\1/p' <<<"$last")
+  ft=$(sed -nE 's/.* ft: ([0-9]+).*/\1/p' <<<"$last")
+  corp=$(sed -nE 's/.* corp: ([0-9]+\/[0-9A-Za-z]+).*/\1/p' <<<"$last")
+  execs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+)/\1/p' "$log" | tail -1)
+  rate=$(sed -nE 's/^stat::average_exec_per_sec: *([0-9]+)/\1/p' "$log" | tail -1)
+  rss=$(sed -nE 's/^stat::peak_rss_mb: *([0-9]+)/\1/p' "$log" | tail -1)
+  findings=$(find "$out" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' \
+    -o -name 'oom-*' -o -name 'slow-unit-*' \) | wc -l)
+  echo "| \`fuzz_$t\` | $took | $cpu | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | ${rss:-?}Mb | $findings (exit $rc) |"
+done
