@@ -6,7 +6,7 @@ namespace ckpt {
 namespace {
 
 // Child lookup while building: (parent, segment) -> node. Segments are views into the names of the
-// checkpoint, which outlives the build.
+// checkpoint's tensors and values, which outlive the build and do not move during it.
 struct Key {
     int parent;
     std::string_view segment;
@@ -64,7 +64,9 @@ ModuleTree ModuleTree::build(const Checkpoint& ck) {
         const int id = static_cast<int>(t.m_nodes.size());
         t.m_nodes[static_cast<std::size_t>(parent)].children.push_back(id);
         t.m_nodes.push_back(std::move(n));
-        index.emplace(Key{parent, std::string_view(t.m_nodes.back().name)}, id);
+        // The key views the checkpoint's name, not the node's copy: m_nodes may reallocate and move short
+        // names stored inside their strings.
+        index.emplace(Key{parent, segment}, id);
         return id;
     };
     auto insert = [&](std::string_view name, ModuleNode::Kind kind, int item) {
