@@ -318,7 +318,7 @@ Value* TorchPickleHooks::persistentLoad(ValueArena& arena, Value* pid, std::uint
         }
     }
     const int storageIndex = index;
-    if (pid->items.size() == 5)
+    if (pid->items.size() == 5 && !pid->shared)
         arena.recycle(pid->items[2]); // the key text was copied; the tuple itself is recycled by the caller
     Value* v = arena.make(ValueKind::Storage);
     v->integer = storageIndex;
@@ -357,9 +357,11 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
         Value* t = rebuildStrided(arena, a0, a1, arg(args, 2), arg(args, 3), std::nullopt, offset);
         if (const Value* rg = arg(args, 4); rg && rg->kind == ValueKind::Bool)
             m_ck.prototypes[static_cast<std::size_t>(t->integer)].requiresGrad = rg->boolean;
-        // Size, stride and hooks were copied into the tensor; nothing else can refer to them unless shared.
-        for (std::size_t i = 2; i < args->items.size(); ++i)
-            arena.recycle(args->items[i]);
+        // Size, stride and hooks were copied into the tensor; nothing else refers to them unless they or
+        // the argument tuple are shared (memoized, or copied by tuple() and the like).
+        if (!args->shared)
+            for (std::size_t i = 2; i < args->items.size(); ++i)
+                arena.recycle(args->items[i]);
         return t;
     }
     if (qname == "torch._utils._rebuild_tensor_v3") {
@@ -407,10 +409,11 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
                 p.quant.scheme = QuantInfo::Scheme::PerChannelAffine;
                 p.quant.scalesTensor = static_cast<int>(q->items[1]->integer);
                 p.quant.zeroPointsTensor = static_cast<int>(q->items[2]->integer);
-                p.quant.axis = static_cast<int>(q->items[3]->integer);
-                if (p.quant.axis < 0 ||
-                    static_cast<std::size_t>(p.quant.axis) >= std::max<std::size_t>(p.shape.size(), 1))
+                const std::int64_t axis = q->items[3]->integer;
+                if (axis < 0 || static_cast<std::uint64_t>(axis) >= std::max<std::size_t>(p.shape.size(), 1))
                     p.error = "quantization axis out of range";
+                else
+                    p.quant.axis = static_cast<int>(axis);
             } else {
                 p.error = "unsupported quantization scheme " + scheme;
             }
@@ -429,10 +432,11 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
         const bool csr = qname.ends_with("csr_tensor") ||
                          (a0 && a0->kind == ValueKind::String && a0->text.find("csr") != std::string::npos);
         t.layout = csr ? Layout::SparseCsr : Layout::SparseCoo;
-        const Value* values = data && data->items.size() >= 3 ? data->items[csr ? 2 : 1] : nullptr;
-        const Value* size = data && !data->items.empty()
-                                ? data->items[csr ? std::min<std::size_t>(3, data->items.size() - 1) : 2]
-                                : nullptr;
+        const std::size_t sizeAt =
+            csr ? 3 : 2; // COO (indices, values, size, ...), CSR (crow, col, values, size)
+        const bool complete = data && data->isContainer() && data->items.size() > sizeAt;
+        const Value* values = complete ? data->items[csr ? 2 : 1] : nullptr;
+        const Value* size = complete ? data->items[sizeAt] : nullptr;
         if (values && values->kind == ValueKind::Tensor) {
             const auto& vp = m_ck.prototypes[static_cast<std::size_t>(values->integer)];
             t.dtype = vp.dtype;
@@ -487,7 +491,22 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
         const Value* func = a0;
         const Value* fargs = arg(args, 2);
         if (func && func->kind == ValueKind::Global && fargs && fargs->kind == ValueKind::Tuple) {
-            Value* inner = call(arena, const_cast<Value*>(func), const_cast<Value*>(fargs), how, offset);
+            // func may be _rebuild_from_type_v2 again, with arguments of its own: nested in the file, so
+            // bounded (PyTorch writes one level).
+            if (m_rebuildDepth >= kMaxRebuildDepth)
+                throw Error(ErrorCode::Limit,
+                            "_rebuild_from_type_v2 nested deeper than " + std::to_string(kMaxRebuildDepth) +
+                                " levels",
+                            {}, offset);
+            ++m_rebuildDepth;
+            Value* inner = nullptr;
+            try {
+                inner = call(arena, const_cast<Value*>(func), const_cast<Value*>(fargs), how, offset);
+            } catch (...) {
+                --m_rebuildDepth;
+                throw;
+            }
+            --m_rebuildDepth;
             if (inner && inner->kind == ValueKind::Tensor && a1 && a1->kind == ValueKind::Global) {
                 auto& p = m_ck.prototypes[static_cast<std::size_t>(inner->integer)];
                 const std::string type = a1->qualifiedName();
@@ -506,33 +525,36 @@ Value* TorchPickleHooks::callKnown(ValueArena& arena, const std::string& qname, 
         Value* d = arena.make(ValueKind::Dict);
         d->isOrderedDict = qname == "collections.OrderedDict";
         if (qname != "collections.defaultdict" && a0 &&
-            (a0->kind == ValueKind::List || a0->kind == ValueKind::Tuple))
+            (a0->kind == ValueKind::List || a0->kind == ValueKind::Tuple)) {
+            std::vector<Value*> keysAndValues;
             for (const Value* pair : a0->items)
                 if (pair->kind == ValueKind::Tuple && pair->items.size() == 2) {
-                    d->items.push_back(pair->items[0]);
-                    d->items.push_back(pair->items[1]);
+                    keysAndValues.push_back(pair->items[0]);
+                    keysAndValues.push_back(pair->items[1]);
                 }
+            arena.copyItems(d, keysAndValues, offset);
+        }
         if (a0 && a0->kind == ValueKind::Dict && qname != "collections.defaultdict")
-            d->items = a0->items;
+            arena.copyItems(d, a0->items, offset);
         return d;
     }
     if (qname == "builtins.set" || qname == "builtins.frozenset") {
         Value* s = arena.make(ValueKind::Set);
         s->isFrozen = qname == "builtins.frozenset";
         if (a0 && (a0->kind == ValueKind::List || a0->kind == ValueKind::Tuple || a0->kind == ValueKind::Set))
-            s->items = a0->items;
+            arena.copyItems(s, a0->items, offset);
         return s;
     }
     if (qname == "torch.Size" || qname == "builtins.tuple") {
         Value* t = arena.make(ValueKind::Tuple);
         if (a0 && (a0->kind == ValueKind::Tuple || a0->kind == ValueKind::List))
-            t->items = a0->items;
+            arena.copyItems(t, a0->items, offset);
         return t;
     }
     if (qname == "builtins.list") {
         Value* l = arena.make(ValueKind::List);
         if (a0 && (a0->kind == ValueKind::Tuple || a0->kind == ValueKind::List))
-            l->items = a0->items;
+            arena.copyItems(l, a0->items, offset);
         return l;
     }
     if (qname == "torch.device") {
@@ -662,6 +684,10 @@ namespace {
 
 constexpr int kMaxDepth = 400;
 constexpr std::size_t kMaxVisits = 50'000'000;
+// A container the pickle refers to from several places (a state dict saved as both `model` and `ema`) is
+// listed under each name, up to this many; beyond it, it is one value. Without the cap, a chain of shared
+// containers each referring twice to the next lists 2^depth names from a file of a few hundred bytes.
+constexpr std::uint32_t kMaxExpansions = 16;
 
 bool isScalarLeaf(const Value* v) {
     switch (v->kind) {
@@ -734,6 +760,15 @@ public:
         }
         if (!m_active.insert(v).second) {
             warnOnce(m_cycleWarned, "the object graph contains a cycle (at " + path + "); it is listed once");
+            return;
+        }
+        if (v->shared && ++m_expansions[v] > kMaxExpansions) {
+            m_active.erase(v);
+            warnOnce(m_sharedWarned, "an object referred to from more than " +
+                                         std::to_string(kMaxExpansions) +
+                                         " places is listed in full under the first " +
+                                         std::to_string(kMaxExpansions) + " (again at " + path + ")");
+            m_ck.values.push_back({path, v});
             return;
         }
         if (v->kind == ValueKind::Dict) {
@@ -815,7 +850,8 @@ private:
     const std::unordered_map<std::string, std::size_t>& m_findings;
     std::unordered_set<const Value*> m_active;
     std::size_t m_visits = 0;
-    bool m_budgetWarned = false, m_depthWarned = false, m_cycleWarned = false;
+    bool m_budgetWarned = false, m_depthWarned = false, m_cycleWarned = false, m_sharedWarned = false;
+    std::unordered_map<const Value*, std::uint32_t> m_expansions; // shared containers: times listed
 };
 
 } // namespace

@@ -50,6 +50,8 @@ public:
     const std::unordered_map<std::string, std::size_t>& globalFindings() const { return m_globalFindings; }
 
 private:
+    static constexpr int kMaxRebuildDepth = 16;
+
     Value* makeTensor(ValueArena& arena, TensorInfo proto, std::uint64_t offset);
     Value* rebuildStrided(ValueArena& arena, const Value* storage, const Value* offset, const Value* size,
                           const Value* stride, std::optional<DType> dtype, std::uint64_t at);
@@ -62,6 +64,7 @@ private:
     std::unordered_map<std::string, int> m_storageByKey;
     std::vector<int> m_storageByNumber; // the usual keys "0", "1", ...: no hashing of strings
     std::unordered_map<std::string, std::size_t> m_globalFindings;
+    int m_rebuildDepth = 0; // _rebuild_from_type_v2 calls in progress
 };
 
 // A checkpoint for one file, with an empty value arena.

@@ -22,21 +22,26 @@ std::string bigIntDecimal(std::span<const std::uint8_t> le) {
             if (++b != 0)
                 break;
     }
+    // 32-bit limbs, most significant first, divided by 10^9 in place: nine digits per pass. Quadratic
+    // all the same, hence the length cap upstream.
+    std::vector<std::uint32_t> limbs((mag.size() + 3) / 4, 0);
+    for (std::size_t i = 0; i < mag.size(); ++i)
+        limbs[limbs.size() - 1 - i / 4] |= static_cast<std::uint32_t>(mag[i]) << (8 * (i % 4));
+    std::size_t first = 0;
     std::string digits;
-    // Repeated division by 10 over the big-endian magnitude: quadratic, hence the length cap upstream.
-    std::vector<std::uint8_t> be(mag.rbegin(), mag.rend());
-    while (!be.empty()) {
-        unsigned rem = 0;
-        std::vector<std::uint8_t> next;
-        for (std::uint8_t b : be) {
-            const unsigned cur = rem * 256 + b;
-            const auto q = static_cast<std::uint8_t>(cur / 10);
-            rem = cur % 10;
-            if (!next.empty() || q != 0)
-                next.push_back(q);
+    while (first < limbs.size()) {
+        std::uint64_t rem = 0;
+        for (std::size_t i = first; i < limbs.size(); ++i) {
+            const std::uint64_t cur = (rem << 32) | limbs[i];
+            limbs[i] = static_cast<std::uint32_t>(cur / 1'000'000'000u);
+            rem = cur % 1'000'000'000u;
         }
-        digits.push_back(static_cast<char>('0' + rem));
-        be.swap(next);
+        while (first < limbs.size() && limbs[first] == 0)
+            ++first;
+        for (int d = 0; d < 9 && (rem != 0 || first < limbs.size()); ++d) { // no leading zeros at the top
+            digits.push_back(static_cast<char>('0' + rem % 10));
+            rem /= 10;
+        }
     }
     if (digits.empty())
         digits = "0";
@@ -98,7 +103,6 @@ Value* PickleHooks::call(ValueArena& arena, Value* callable, Value* args, CallKi
                          std::uint64_t offset) {
     Value* obj = arena.make(ValueKind::Object);
     obj->call = how;
-    (void)offset;
     if (callable && callable->kind == ValueKind::Global) {
         obj->text = callable->text;
         obj->split = callable->split;
@@ -107,7 +111,7 @@ Value* PickleHooks::call(ValueArena& arena, Value* callable, Value* args, CallKi
         obj->setQualified("?", callable ? valueKindName(callable->kind) : "?");
     }
     if (args)
-        obj->items = args->items;
+        arena.copyItems(obj, args->items, offset);
     return obj;
 }
 
@@ -130,7 +134,11 @@ Unpickler::Unpickler(ValueArena& arena, PickleHooks& hooks, std::span<const std:
     : m_arena(arena)
     , m_hooks(hooks)
     , m_in(data, baseOffset, std::move(context))
-    , m_limits(limits) {}
+    , m_limits(limits) {
+    // Copies of container items (tuple(list), a call's arguments) are bounded by the pickle's own size: a
+    // real pickle copies each argument tuple about once.
+    m_arena.addCopyBudget(4 * static_cast<std::uint64_t>(data.size()) + (1u << 20));
+}
 
 void Unpickler::fail(const std::string& what) const {
     const std::string& ctx = m_in.context();
@@ -175,9 +183,11 @@ void Unpickler::memoPut(std::uint64_t index, Value* v) {
         throw Error(ErrorCode::Limit,
                     "pickle memo larger than " + std::to_string(m_limits.maxMemo) + " entries", {},
                     m_opOffset);
-    if (index < m_memo.size() + 65536) {
-        if (index >= m_memo.size())
-            m_memo.resize(index + 1, nullptr);
+    // Pickles number their memo from 0 up, one at a time: only that grows the vector. Any index past its
+    // end goes to the map, so a file cannot make the vector long with a few far-off indexes.
+    if (index <= m_memo.size()) {
+        if (index == m_memo.size())
+            m_memo.push_back(nullptr);
         m_memoCount += m_memo[index] == nullptr;
         m_memo[index] = v;
         v->shared = true;
@@ -566,7 +576,8 @@ Value* Unpickler::load() {
             Value* cls = pop();
             if (args->kind != ValueKind::Tuple || kwargs->kind != ValueKind::Dict)
                 fail("NEWOBJ_EX needs a tuple and a dict");
-            Value* all = asTuple(args->items);
+            Value* all = m_arena.make(ValueKind::Tuple);
+            m_arena.copyItems(all, args->items, m_opOffset);
             if (!kwargs->items.empty())
                 all->items.push_back(kwargs);
             push(m_hooks.call(m_arena, cls, all, CallKind::NewObj, m_opOffset));

@@ -33,8 +33,8 @@ struct UnpicklerLimits {
     std::size_t maxStack = 1u << 24;
     std::size_t maxMarks = 1u << 16;
     std::size_t maxMemo = 1u << 26;
-    std::size_t maxValues = 1u << 27;
-    std::size_t maxBigIntBytes = 1024; // longer integers are kept as a size, not converted to digits
+    std::size_t maxValues = 1u << 25; // 88 bytes each: about 3 GB
+    std::size_t maxBigIntBytes = 256; // longer integers are kept as a size, not converted to digits
 };
 
 class PickleHooks {
@@ -79,7 +79,7 @@ private:
     UnpicklerLimits m_limits;
     std::vector<Value*> m_stack;
     std::vector<std::size_t> m_marks;
-    // Pickles number memo slots densely from 0, so a vector serves; far-off indices go to a map so that a
+    // Pickles number memo slots densely from 0, so a vector serves; other indices go to a map so that a
     // hostile index cannot make the vector huge.
     std::vector<Value*> m_memo;
     std::unordered_map<std::uint64_t, Value*> m_sparseMemo;

@@ -1,5 +1,7 @@
 #include "value.h"
 
+#include "io/error.h"
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +32,18 @@ void ValueArena::recycle(Value* v) {
     v->text.clear();
     v->items.clear();
     m_free.push_back(v);
+}
+
+void ValueArena::copyItems(Value* dst, const std::vector<Value*>& src, std::uint64_t offset) {
+    m_copied += src.size();
+    if (m_copied > m_copyBudget)
+        throw Error(ErrorCode::Limit,
+                    "pickle copies more than " + std::to_string(m_copyBudget) +
+                        " container items (a small file that would expand to a huge one)",
+                    {}, offset);
+    for (Value* v : src)
+        v->shared = true;
+    dst->items = src;
 }
 
 Value* ValueArena::make(ValueKind kind) {

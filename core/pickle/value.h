@@ -75,6 +75,13 @@ public:
     Value* emptyTuple() const { return m_emptyTuple; }
     // Hands back a value nothing refers to any more (a call's argument tuple), for make() to reuse.
     void recycle(Value* v);
+    // Makes `dst->items` a copy of `src` (tuple(list), a call's arguments kept in its object). The items are
+    // then referenced twice, so they are marked shared and never recycled. Copies are what lets a small
+    // pickle ask for huge memory (one list of a million items copied by each of a million REDUCEs), so
+    // they draw on a budget that each pickle adds to in proportion to its size (addCopyBudget); past it an
+    // Error (Limit) at `offset`.
+    void copyItems(Value* dst, const std::vector<Value*>& src, std::uint64_t offset);
+    void addCopyBudget(std::uint64_t items) { m_copyBudget += items; }
     Value* boolean(bool b) const { return b ? m_true : m_false; }
     std::size_t count() const { return m_values.size(); }
 
@@ -86,6 +93,8 @@ private:
     Value* m_true;
     Value* m_false;
     std::vector<Value*> m_smallInts; // shared instances of 0..255, the bulk of any checkpoint's integers
+    std::uint64_t m_copyBudget = 0;
+    std::uint64_t m_copied = 0;
 };
 
 // Short, Python-like text for a value (`5`, `0.001`, `'adam'`, `[0, 1, 2]`, `<argparse.Namespace>`),

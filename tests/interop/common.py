@@ -388,7 +388,9 @@ class PickleWriter:
         if -(1 << 31) <= v < (1 << 31):
             return self.raw(b"J" + struct.pack("<i", v))
         n = (v.bit_length() + 8) // 8
-        return self.raw(b"\x8a" + bytes([n]) + v.to_bytes(n, "little", signed=True))
+        if n < 256:
+            return self.raw(b"\x8a" + bytes([n]) + v.to_bytes(n, "little", signed=True))    # LONG1
+        return self.raw(b"\x8b" + struct.pack("<i", n) + v.to_bytes(n, "little", signed=True))  # LONG4
 
     def float(self, v):
         return self.raw(b"G" + struct.pack(">d", v))

@@ -13,6 +13,7 @@ For every file, `ckpt info`, `ckpt ls` and `ckpt stats` must
 import marshal
 import os
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -235,6 +236,63 @@ def huge_storage(p):
     p.tensor("0", "FloatStorage", 1 << 61, (1 << 61) - 4, [4], [1])
 
 
+def _put(index):
+    return b"r" + struct.pack("<I", index)                # LONG_BINPUT
+
+
+def _get(index):
+    return b"j" + struct.pack("<I", index)                # LONG_BINGET
+
+
+def memo_far_puts(p):
+    # 8,000 PUTs, each 65,535 slots past the last: a dense memo table would grow 512 KiB per 5-byte opcode
+    p.none()
+    for k in range(8000):
+        p.raw(_put(65536 * (k + 1) - 1))
+
+
+def shared_dag(p):
+    # 30 levels of [x, x] where x is the level below, through the memo: 2^30 paths from 600 bytes
+    p.empty_list().raw(_put(1000)).raw(b"0")
+    for level in range(30):
+        p.empty_list().mark().raw(_get(1000 + level)).raw(_get(1000 + level)).appends().raw(_put(1001 + level))
+        if level < 29:
+            p.raw(b"0")
+
+
+def copy_amplification(p):
+    # a 100,000-item list, then list(it) 2,000 times: 200 million item copies from 230 KB
+    p.empty_list().raw(_put(2000)).mark().raw(b"K\x01" * 100_000).appends().raw(b"0")
+    p.glob("builtins", "list").raw(_put(2001)).raw(b"0")
+    p.none()
+    for _ in range(2000):
+        p.raw(b"0").raw(_get(2001)).raw(_get(2000)).tuple1().reduce()
+
+
+BIG_INT = -(7 ** 900)   # 316 bytes: over the length that is converted to digits
+BIG_INT_SHOWN = 3 ** 1280 + 12345   # 254 bytes: converted
+
+
+def big_ints(p):
+    # 8,000 integers of 254 bytes, each popped: converted to decimal one pass per nine digits
+    for _ in range(8000):
+        p.int(BIG_INT_SHOWN + 1).raw(b"0")
+    p.mark().int(BIG_INT_SHOWN).int(-BIG_INT_SHOWN).int(BIG_INT).int(1 << 64).int(-(1 << 64)).tuple()
+
+
+def rebuild_from_type_nested(p):
+    # _rebuild_from_type_v2(f, None, (f, None, (... ()))) 20,000 levels deep, through its own arguments
+    n = 20_000
+    p.glob("torch._tensor", "_rebuild_from_type_v2").raw(_put(3000))
+    p.raw((_get(3000) + b"N") * n).empty_tuple().raw(b"\x87" * n).reduce()
+
+
+def sparse_short(p):
+    # _rebuild_sparse_tensor(layout, (indices,)): a COO tuple without its values and size
+    p.glob("torch._utils", "_rebuild_sparse_tensor").mark().glob("torch", "sparse_coo")
+    p.mark().none().tuple().tuple().reduce()
+
+
 STRUCTURAL = {
     "memo_get_unset": (memo_get_unset, 2),
     "memo_get_huge": (memo_get_huge, 2),
@@ -252,6 +310,12 @@ STRUCTURAL = {
     "huge_frame": (huge_frame, 4),
     "huge_tensor_shape": (huge_tensor_shape, 2),
     "huge_storage": (huge_storage, 2),
+    "memo_far_puts": (memo_far_puts, 2),
+    "shared_dag": (shared_dag, 2),
+    "copy_amplification": (copy_amplification, 2),
+    "big_ints": (big_ints, 2),
+    "rebuild_from_type_nested": (rebuild_from_type_nested, 2),
+    "sparse_short": (sparse_short, 2),
 }
 
 CONTAINERS = ("zip", "legacy", "torchscript", "torchscript_constants")
@@ -414,6 +478,8 @@ class HostileTest(CkptTestCase):
             "huge_binunicode8": "string of 9223372036854775808 bytes runs past the end",
             "huge_binbytes8": "bytes of 18446744073709551615 bytes run past the end",
             "huge_long4": "needs 2147483647 bytes but only",
+            "copy_amplification": "pickle copies more than",
+            "rebuild_from_type_nested": "_rebuild_from_type_v2 nested deeper than 16 levels",
         }
         for name, text in expect.items():
             for container in CONTAINERS:
@@ -427,9 +493,11 @@ class HostileTest(CkptTestCase):
         """Memo games, cycles, deep nesting and absurd shapes that are valid pickles: the file opens, the
         tensors around them read right, the absurd tensor carries an error."""
         bad_tensor = {"huge_tensor_shape": "evil: element count overflows 64 bits",
-                      "huge_storage": "evil: view needs 9223372036854775808 bytes of storage '0', which holds 48"}
+                      "huge_storage": "evil: view needs 9223372036854775808 bytes of storage '0', which holds 48",
+                      "sparse_short": "evil: a sparse_coo tensor has no dense data to read"}
         for name in ("memo_put_huge", "memo_flood", "self_reference", "nested_lists", "nested_reduce",
-                     "huge_frame", "huge_tensor_shape", "huge_storage"):
+                     "huge_frame", "huge_tensor_shape", "huge_storage", "memo_far_puts", "shared_dag", "big_ints",
+                     "sparse_short"):
             for container in ("zip", "legacy", "torchscript"):
                 if name == "huge_storage" and container == "legacy":
                     continue    # refused there: legacy storages are listed after the pickle, '0' is not one
@@ -443,6 +511,57 @@ class HostileTest(CkptTestCase):
                     if name in bad_tensor:
                         proc = self.run_ckpt("stats", path)
                         self.assertIn(bad_tensor[name], proc.stderr.decode(errors="replace"))
+
+    def test_amplification_stays_small(self):
+        """Payloads of a few hundred bytes to 2 MB that would make a naive reader build gigabytes or run for
+        minutes (a dense memo table grown by far-off PUTs, 2^30 paths through shared lists, a list copied
+        2,000 times, thousands of big integers, nested rebuild calls): each run stays under 600 MB of
+        resident memory (AddressSanitizer's own included) and ends in a result or a clean error."""
+        for name in ("memo_far_puts", "shared_dag", "copy_amplification", "big_ints", "rebuild_from_type_nested"):
+            path = self.structural[(name, "zip")]
+            with self.subTest(payload=name):
+                proc = subprocess.run(["/usr/bin/time", "-f", "maxrss %M", common.CKPT, "info", "--json", path],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=common.RUN_TIMEOUT)
+                err = proc.stderr.decode(errors="replace")
+                self.assertIn(proc.returncode, (0, 2), err[-1000:])
+                rss_kib = int(err.rsplit("maxrss ", 1)[1].split()[0])
+                self.assertLess(rss_kib, 600 * 1024, name)
+
+    def test_shared_lists_are_listed_a_bounded_number_of_times(self):
+        info = self.ckpt_json("info", self.structural[("shared_dag", "zip")])
+        names = [v["name"] for v in info["values"] if v["name"].startswith("evil")]
+        # 16 full listings of each shared level, then the level as one value: far fewer than 2^30 names
+        self.assertLess(len(names), 100_000)
+        self.assertIn("evil.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0", names)
+        self.assertTrue(any("listed in full under the first 16" in f["message"] for f in info["findings"]),
+                        info["findings"])
+
+    def test_big_integers_read_as_python_prints_them(self):
+        info = self.ckpt_json("info", self.structural[("big_ints", "zip")])
+        evil = [v for v in info["values"] if v["name"] == "evil"]
+        self.assertEqual(len(evil), 1, info["values"])
+        self.assertEqual(evil[0]["value"], [str(BIG_INT_SHOWN), str(-BIG_INT_SHOWN),
+                                            "<%d-byte integer>" % ((BIG_INT.bit_length() + 8) // 8),
+                                            str(1 << 64), str(-(1 << 64))])
+
+    def test_copied_items_are_not_reused(self):
+        """tuple(L) shares L's items; a tensor rebuilt from that tuple must not hand them back for reuse,
+        or L would show the strings made after it."""
+        p = PickleWriter(2)
+        p.empty_dict().mark().str("a")
+        p.empty_list().raw(_put(10)).mark().none().int(0).str("hello").str("world").appends()
+        p.str("t").glob("torch._utils", "_rebuild_tensor_v2")
+        p.glob("builtins", "tuple").raw(_get(10)).tuple1().reduce().reduce()
+        p.str("c").str("NEWSTRING1").str("d").str("NEWSTRING2").setitems()
+        path = os.path.join(self.folder, "copied_items.pkl")
+        with open(path, "wb") as f:
+            f.write(p.stop())
+        info = self.ckpt_json("info", path)
+        values = {v["name"]: v["value"] for v in info["values"]}
+        self.assertEqual(values["a"], [None, 0, "hello", "world"])
+        self.assertEqual(values["c"], "NEWSTRING1")
+        self.assertEqual(values["d"], "NEWSTRING2")
+
 
 if __name__ == "__main__":
     common.main()
