@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -123,21 +124,39 @@ bool isObject(const Value* v, std::string_view name) {
     return v && v->kind == ValueKind::Object && v->name() == name && isDcpModule(v->module());
 }
 
-// A dataclass field: the BUILD state dict of an instance (pickle's default for dataclasses).
-const Value* field(const Value* obj, std::string_view key) {
-    if (!obj || obj->kind != ValueKind::Object || !obj->state)
-        return nullptr;
-    const Value* st = obj->state;
-    // A (dict, slots) pair when the class has __slots__.
-    if (st->kind == ValueKind::Tuple && st->items.size() == 2 && st->items[0]->kind == ValueKind::Dict)
-        st = st->items[0];
-    if (st->kind != ValueKind::Dict)
-        return nullptr;
-    for (std::size_t i = 0; i + 1 < st->items.size(); i += 2)
-        if (st->items[i]->kind == ValueKind::String && st->items[i]->text == key)
-            return st->items[i + 1];
-    return nullptr;
-}
+// Dataclass fields: the BUILD state dict of an instance (pickle's default for dataclasses), the first entry
+// of the name. Objects and their state dicts may be shared through the memo, one dict by any number of
+// entries: a large dict is indexed once, so that the cost of a lookup does not grow with its size.
+class Fields {
+public:
+    const Value* get(const Value* obj, std::string_view key) {
+        if (!obj || obj->kind != ValueKind::Object || !obj->state)
+            return nullptr;
+        const Value* st = obj->state;
+        // A (dict, slots) pair when the class has __slots__.
+        if (st->kind == ValueKind::Tuple && st->items.size() == 2 && st->items[0]->kind == ValueKind::Dict)
+            st = st->items[0];
+        if (st->kind != ValueKind::Dict)
+            return nullptr;
+        if (st->items.size() <= 2 * kScanPairs) {
+            for (std::size_t i = 0; i + 1 < st->items.size(); i += 2)
+                if (st->items[i]->kind == ValueKind::String && st->items[i]->text == key)
+                    return st->items[i + 1];
+            return nullptr;
+        }
+        auto [it, fresh] = m_index.try_emplace(st);
+        if (fresh)
+            for (std::size_t i = 0; i + 1 < st->items.size(); i += 2)
+                if (st->items[i]->kind == ValueKind::String)
+                    it->second.emplace(st->items[i]->text, st->items[i + 1]);
+        const auto f = it->second.find(key);
+        return f == it->second.end() ? nullptr : f->second;
+    }
+
+private:
+    static constexpr std::size_t kScanPairs = 16; // dataclasses have a handful of fields
+    std::unordered_map<const Value*, std::unordered_map<std::string_view, const Value*>> m_index;
+};
 
 bool intTuple(const Value* v, std::vector<std::int64_t>& out) {
     out.clear();
@@ -236,6 +255,87 @@ std::shared_ptr<Checkpoint> readTorchSlice(const std::shared_ptr<const MappedFil
     return ck;
 }
 
+// Overlapping chunks: the first chunk, in list order, that shares elements with an earlier one, and the first
+// such earlier one. Two chunks share elements when their ranges meet in every dimension and the later one
+// holds elements. A sweep along the dimension with the most distinct offsets compares each chunk only with
+// those whose range in that dimension it meets; the comparisons are counted against a limit, since chunks
+// laid out irregularly in every dimension could still meet each other in the swept one.
+constexpr std::uint64_t kMaxOverlapWork = 1ull << 27;
+
+struct ChunkOverlap {
+    std::size_t later = std::numeric_limits<std::size_t>::max();
+    std::size_t earlier = std::numeric_limits<std::size_t>::max();
+    bool tooMuchWork = false;
+};
+
+ChunkOverlap firstOverlap(const std::vector<TensorChunk>& parts,
+                          const std::vector<std::vector<std::int64_t>>& sizes,
+                          const std::vector<std::uint64_t>& volumes) {
+    ChunkOverlap found;
+    const std::size_t n = parts.size();
+    if (n < 2)
+        return found;
+    const std::size_t dims = parts.front().offsets.size();
+    auto meet = [&](std::size_t a, std::size_t b) {
+        for (std::size_t d = 0; d < dims; ++d)
+            if (!(parts[a].offsets[d] < parts[b].offsets[d] + sizes[b][d] &&
+                  parts[b].offsets[d] < parts[a].offsets[d] + sizes[a][d]))
+                return false;
+        return true;
+    };
+    if (dims == 0) { // every chunk of a scalar is the whole scalar
+        found.later = 1;
+        found.earlier = 0;
+        return found;
+    }
+    std::vector<std::size_t> order(n);
+    std::size_t sweep = 0, mostDistinct = 0;
+    std::vector<std::int64_t> values(n);
+    for (std::size_t d = 0; d < dims; ++d) {
+        for (std::size_t i = 0; i < n; ++i)
+            values[i] = parts[i].offsets[d];
+        std::sort(values.begin(), values.end());
+        const auto distinct =
+            static_cast<std::size_t>(std::unique(values.begin(), values.end()) - values.begin());
+        if (distinct > mostDistinct) {
+            mostDistinct = distinct;
+            sweep = d;
+        }
+    }
+    for (std::size_t i = 0; i < n; ++i)
+        order[i] = i;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        return parts[a].offsets[sweep] < parts[b].offsets[sweep];
+    });
+    // Chunks whose range in the swept dimension may still meet a later-starting one.
+    std::vector<std::size_t> active;
+    std::uint64_t work = 0;
+    for (const std::size_t x : order) {
+        const std::int64_t start = parts[x].offsets[sweep];
+        for (std::size_t k = 0; k < active.size();) {
+            const std::size_t y = active[k];
+            if (parts[y].offsets[sweep] + sizes[y][sweep] <= start) {
+                active[k] = active.back();
+                active.pop_back();
+                continue;
+            }
+            if (++work > kMaxOverlapWork) {
+                found.tooMuchWork = true;
+                return found;
+            }
+            const std::size_t later = std::max(x, y), earlier = std::min(x, y);
+            if (volumes[later] > 0 && meet(x, y) &&
+                (later < found.later || (later == found.later && earlier < found.earlier))) {
+                found.later = later;
+                found.earlier = earlier;
+            }
+            ++k;
+        }
+        active.push_back(x);
+    }
+    return found;
+}
+
 struct SliceRef {
     std::string file;
     std::uint64_t offset = 0;
@@ -280,6 +380,8 @@ private:
     std::map<std::string, SliceRef> m_bytesSlices;
     std::map<std::string, int> m_sources;
     std::map<std::string, std::string> m_sourceErrors;
+    Fields m_fields;
+    const Value* field(const Value* obj, std::string_view key) { return m_fields.get(obj, key); }
     std::vector<std::shared_ptr<Checkpoint>> m_keepAlive;
     std::size_t m_chunks = 0;
 };
@@ -454,44 +556,67 @@ void DcpReader::readTensor(const std::string& fqn, const Value* md) {
             return finish("tensor '" + fqn + "' of size " + dimsText(t.shape) + " overflows 64 bits");
     t.strides.assign(t.shape.size(), 1);
     for (std::size_t i = t.shape.size(); i-- > 1;)
-        t.strides[i - 1] = t.strides[i] * std::max<std::int64_t>(t.shape[i], 1);
+        if (__builtin_mul_overflow(t.strides[i], std::max<std::int64_t>(t.shape[i], 1), &t.strides[i - 1]))
+            return finish("tensor '" + fqn + "' of size " + dimsText(t.shape) + " overflows 64 bits");
     if (!chunks || chunks->kind != ValueKind::List)
         return finish("tensor '" + fqn + "' has no list of chunks");
     if (chunks->items.size() > kMaxChunks)
         return finish("tensor '" + fqn + "' has " + std::to_string(chunks->items.size()) + " chunks (limit " +
                       std::to_string(kMaxChunks) + ")");
 
+    // Errors are reported for the first chunk, in list order, that has one: the chunks' places are checked
+    // first (up to the first malformed one), overlaps among them found at once, then each chunk is read.
+    const std::size_t count = chunks->items.size();
     std::vector<TensorChunk> parts;
     std::vector<std::vector<std::int64_t>> sizes;
-    std::uint64_t covered = 0;
-    for (std::size_t ci = 0; ci < chunks->items.size(); ++ci) {
+    std::vector<std::uint64_t> volumes;
+    std::size_t firstBad = count;
+    std::string badWhy;
+    for (std::size_t ci = 0; ci < count && firstBad == count; ++ci) {
         const Value* c = chunks->items[ci];
         TensorChunk chunk;
         std::vector<std::int64_t> csize;
         if (!isObject(c, "ChunkStorageMetadata") || !intTuple(field(c, "offsets"), chunk.offsets) ||
             !intTuple(field(c, "sizes"), csize) || chunk.offsets.size() != t.shape.size() ||
-            csize.size() != t.shape.size())
-            return finish("chunk " + std::to_string(ci) + " of '" + fqn +
-                          "' is not a ChunkStorageMetadata with offsets and sizes of " +
-                          std::to_string(t.shape.size()) + " dimensions");
+            csize.size() != t.shape.size()) {
+            firstBad = ci;
+            badWhy = "chunk " + std::to_string(ci) + " of '" + fqn +
+                     "' is not a ChunkStorageMetadata with offsets and sizes of " +
+                     std::to_string(t.shape.size()) + " dimensions";
+            break;
+        }
         std::uint64_t volume = 1;
         for (std::size_t d = 0; d < t.shape.size(); ++d) {
-            if (chunk.offsets[d] > t.shape[d] || csize[d] > t.shape[d] - chunk.offsets[d])
-                return finish("chunk " + std::to_string(ci) + " of '" + fqn + "' (offsets " +
-                              dimsText(chunk.offsets) + ", sizes " + dimsText(csize) +
-                              ") lies outside the tensor's size " + dimsText(t.shape));
-            volume *= static_cast<std::uint64_t>(csize[d]);
+            if (chunk.offsets[d] > t.shape[d] || csize[d] > t.shape[d] - chunk.offsets[d]) {
+                firstBad = ci;
+                badWhy = "chunk " + std::to_string(ci) + " of '" + fqn + "' (offsets " +
+                         dimsText(chunk.offsets) + ", sizes " + dimsText(csize) +
+                         ") lies outside the tensor's size " + dimsText(t.shape);
+                break;
+            }
+            volume *= static_cast<std::uint64_t>(csize[d]); // at most numel: inside the tensor
         }
-        covered += volume;
-        for (std::size_t o = 0; o < sizes.size(); ++o) {
-            bool overlap = volume > 0;
-            for (std::size_t d = 0; d < t.shape.size() && overlap; ++d)
-                overlap = chunk.offsets[d] < parts[o].offsets[d] + sizes[o][d] &&
-                          parts[o].offsets[d] < chunk.offsets[d] + csize[d];
-            if (overlap)
-                return finish("chunks " + std::to_string(o) + " and " + std::to_string(ci) + " of '" + fqn +
-                              "' overlap");
-        }
+        if (firstBad != count)
+            break;
+        parts.push_back(std::move(chunk));
+        sizes.push_back(std::move(csize));
+        volumes.push_back(volume);
+    }
+    const ChunkOverlap overlap = firstOverlap(parts, sizes, volumes);
+    if (overlap.tooMuchWork)
+        return finish("the " + std::to_string(count) + " chunks of '" + fqn +
+                      "' are laid out too irregularly to check for overlaps (more than " +
+                      std::to_string(kMaxOverlapWork) + " comparisons)");
+
+    std::uint64_t covered = 0;
+    for (std::size_t ci = 0; ci < count; ++ci) {
+        if (ci == firstBad)
+            return finish(badWhy);
+        if (ci == overlap.later)
+            return finish("chunks " + std::to_string(overlap.earlier) + " and " + std::to_string(ci) +
+                          " of '" + fqn + "' overlap");
+        covered += volumes[ci];
+        TensorChunk& chunk = parts[ci];
         const auto it = m_tensorSlices.find({fqn, chunk.offsets});
         if (it == m_tensorSlices.end())
             return finish("chunk " + std::to_string(ci) + " of '" + fqn + "' at offsets " +
@@ -517,13 +642,11 @@ void DcpReader::readTensor(const std::string& fqn, const Value* md) {
             return finish("chunk " + std::to_string(ci) + " of '" + fqn + "' holds " +
                           std::string(dtypeName(chunk.part.dtype)) + " values, but the metadata says " +
                           std::string(dtypeName(t.dtype)));
-        if (chunk.part.shape != csize)
+        if (chunk.part.shape != sizes[ci])
             return finish("chunk " + std::to_string(ci) + " of '" + fqn + "' holds a tensor of shape " +
-                          dimsText(chunk.part.shape) + ", but the metadata says " + dimsText(csize));
+                          dimsText(chunk.part.shape) + ", but the metadata says " + dimsText(sizes[ci]));
         if (!chunk.part.error.empty())
             return finish(chunk.part.error);
-        sizes.push_back(std::move(csize));
-        parts.push_back(std::move(chunk));
         ++m_chunks;
     }
     if (covered != numel)

@@ -24,8 +24,10 @@
 //   refused (Error): .metadata larger than 1 GiB, not a pickle of a Metadata object, state_dict_metadata or
 //     storage_data not dicts, more than 10,000,000 entries;
 //   per tensor (TensorInfo::error + an Error finding; the rest stays readable): unknown dtype, a size that is
-//     not a tuple of non-negative integers (at most 64 dims), more than 65,536 chunks, a chunk outside the
-//     tensor, overlapping chunks or chunks that leave part of the tensor uncovered, a chunk without
+//     not a tuple of non-negative integers (at most 64 dims) or whose element count or strides overflow
+//     64 bits, more than 65,536 chunks, a chunk outside the tensor, overlapping chunks or chunks that leave
+//     part of the tensor uncovered, chunks laid out so irregularly that the overlap check would take more
+//     than 2^27 comparisons (a sweep along one dimension; a grid of chunks takes far fewer), a chunk without
 //     storage_data, a relative_path that is not a plain file name of the folder, a file that is missing, a
 //     slice outside its file, a slice that is not a torch.save archive holding one tensor of the chunk's
 //     shape and the declared dtype;

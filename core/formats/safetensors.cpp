@@ -3,6 +3,7 @@
 #include "torchpickle.h"
 
 #include "io/bytereader.h"
+#include "io/jsondepth.h"
 
 #include <nlohmann/json.hpp>
 
@@ -106,32 +107,6 @@ bool isJsonSpace(std::uint8_t c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-// Deepest nesting of [ and { outside strings; stops counting past `limit`.
-int nestingDepth(std::string_view s, int limit) {
-    int depth = 0, deepest = 0;
-    bool inString = false, escaped = false;
-    for (const char c : s) {
-        if (inString) {
-            if (escaped)
-                escaped = false;
-            else if (c == '\\')
-                escaped = true;
-            else if (c == '"')
-                inString = false;
-            continue;
-        }
-        if (c == '"')
-            inString = true;
-        else if (c == '[' || c == '{') {
-            deepest = std::max(deepest, ++depth);
-            if (deepest > limit)
-                return deepest;
-        } else if (c == ']' || c == '}')
-            --depth;
-    }
-    return deepest;
-}
-
 std::string shapeText(const std::vector<std::int64_t>& shape) {
     std::string s = "[";
     for (std::size_t i = 0; i < shape.size(); ++i)
@@ -195,7 +170,7 @@ std::shared_ptr<Checkpoint> readSafetensors(std::shared_ptr<const MappedFile> fi
     const std::string_view text = r.stringView(static_cast<std::size_t>(n));
     const std::uint64_t dataStart = 8 + n;
 
-    if (nestingDepth(text, kMaxDepth) > kMaxDepth)
+    if (jsonTooDeep(text, kMaxDepth))
         throw Error(ErrorCode::Limit,
                     "invalid JSON in header: nested deeper than " + std::to_string(kMaxDepth), path, 8);
 

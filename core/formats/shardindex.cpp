@@ -4,6 +4,7 @@
 #include "torchpickle.h"
 
 #include "io/error.h"
+#include "io/jsondepth.h"
 
 #include <nlohmann/json.hpp>
 
@@ -25,6 +26,7 @@ using Json = nlohmann::json;
 constexpr std::uint64_t kMaxIndexBytes = 256ull << 20;
 constexpr std::size_t kMaxShards = 100'000;
 constexpr std::size_t kMaxEntries = 10'000'000;
+constexpr int kMaxDepth = 64; // as a safetensors header
 
 // A shard index names files opened from inside openCheckpoint: an index naming itself (or another index)
 // as a shard must not recurse.
@@ -104,6 +106,10 @@ CheckpointPtr tryOpenShardIndex(const std::string& path) {
     if (text.find("\"weight_map\"") == std::string_view::npos)
         return nullptr;
 
+    if (const auto deep = jsonTooDeep(text, kMaxDepth))
+        throw Error(ErrorCode::Limit,
+                    "shard index nests deeper than " + std::to_string(kMaxDepth) + " levels", indexPath,
+                    *deep);
     Json index;
     try {
         index = Json::parse(text.begin(), text.end());
@@ -205,8 +211,7 @@ CheckpointPtr tryOpenShardIndex(const std::string& path) {
         }
         for (const auto& v : part->values)
             ck->values.push_back({shard + ":" + v.name, v.value});
-        auto& mine = shardTensors[si];
-        for (auto t : part->tensors) {
+        auto rebase = [&](TensorInfo& t) {
             if (t.storage >= 0)
                 t.storage += storageBase;
             for (int* q : {&t.quant.scalesTensor, &t.quant.zeroPointsTensor})
@@ -215,6 +220,19 @@ CheckpointPtr tryOpenShardIndex(const std::string& path) {
                     *q = it == helperMap.end() ? -1 : it->second;
                 }
             t.proto = -1;
+        };
+        // Tensors assembled from chunks (a distributed checkpoint as a shard): each chunk keeps its storage.
+        const int chunkSetBase = static_cast<int>(ck->chunkSets.size());
+        for (auto set : part->chunkSets) {
+            for (TensorChunk& c : set)
+                rebase(c.part);
+            ck->chunkSets.push_back(std::move(set));
+        }
+        auto& mine = shardTensors[si];
+        for (auto t : part->tensors) {
+            rebase(t);
+            if (t.chunkSet >= 0)
+                t.chunkSet += chunkSetBase;
             const auto it = wm->find(t.name);
             if (it == wm->end() || !it->is_string() || it->get_ref<const std::string&>() != shard) {
                 ck->findings.push_back(

@@ -13,7 +13,7 @@
 // Checks:
 //   refused (Error): index not a JSON object, weight_map not an object of strings, a shard name that is not a
 //     plain file name in the index's folder ('/', '\', '..', empty), more than 100,000 shards or 10,000,000
-//     entries, an index larger than 256 MiB;
+//     entries, an index larger than 256 MiB or nested deeper than 64 levels;
 //   error finding: a shard file missing or unreadable (naming the file; its tensors carry the error), a
 //     weight_map entry its shard does not hold;
 //   warning: a tensor in a shard that the weight_map does not send there, metadata.total_size different from

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <limits>
 
 #include <zlib.h>
 
@@ -19,6 +20,12 @@ constexpr std::size_t kEocdSize = 22;
 constexpr std::size_t kCentralHeaderSize = 46;
 constexpr std::size_t kLocalHeaderSize = 30;
 constexpr std::uint64_t kMaxEntries = 10'000'000;
+// Deflate produces at most 258 bytes per 2 bits of a dynamic-Huffman block (about 1032:1); a declared size
+// beyond that (plus a little for tiny streams) cannot be the entry's real output.
+constexpr std::uint64_t kMaxDeflateRatio = 1032;
+constexpr std::uint64_t kDeflateSlack = 4096;
+// zlib counts in 32-bit units: input and output are handed over at most this much per call.
+constexpr std::uint64_t kInflateStep = 1ull << 30;
 
 } // namespace
 
@@ -31,7 +38,11 @@ ZipArchive::ZipArchive(std::shared_ptr<const MappedFile> file, std::uint64_t bas
     , m_length(length) {
     if (m_base > m_file->size() || m_length > m_file->size() - m_base)
         fail(ErrorCode::OutOfBounds, 0, "zip slice lies outside the file");
-    parse();
+    try {
+        parse();
+    } catch (const Error& e) {
+        throw e.withFile(m_file->path()); // a record cut short, found by a ByteReader
+    }
 }
 
 bool ZipArchive::looksLikeZip(std::span<const std::uint8_t> head) {
@@ -139,12 +150,14 @@ void ZipArchive::parse() {
         cd.skip(2 + 4); // attributes
         e.localHeaderOffset = cd.u32le();
         e.name = std::string(cd.stringView(nameLen));
-        ByteReader extra(cd.bytes(extraLen), m_base + cdOffset + cd.position() - extraLen, "zip extra field");
+        const std::uint64_t extraAt = m_base + cdOffset + cd.position();
+        ByteReader extra(cd.bytes(extraLen), extraAt, "zip extra field");
         cd.skip(commentLen);
         while (extra.remaining() >= 4) {
             const std::uint16_t id = extra.u16le();
             const std::uint16_t len = extra.u16le();
-            ByteReader field(extra.bytes(len), 0, "zip64 extra field of '" + e.name + "'");
+            const std::uint64_t fieldAt = extraAt + extra.position();
+            ByteReader field(extra.bytes(len), fieldAt, "zip64 extra field of '" + e.name + "'");
             if (id != 0x0001)
                 continue;
             if (e.uncompressedSize == 0xFFFFFFFF)
@@ -308,22 +321,57 @@ std::string ZipArchive::read(const ZipEntry& e, std::uint64_t maxSize) const {
     if (!e.problem.empty())
         throw Error(ErrorCode::Malformed, "zip entry '" + e.name + "': " + e.problem, m_file->path(),
                     e.localHeaderOffset);
-    std::string out(e.uncompressedSize, '\0');
+    if (e.compressedSize > (std::numeric_limits<std::uint64_t>::max() - kDeflateSlack) / kMaxDeflateRatio ||
+        e.uncompressedSize > e.compressedSize * kMaxDeflateRatio + kDeflateSlack)
+        throw Error(ErrorCode::Malformed,
+                    "zip entry '" + e.name + "' declares " + std::to_string(e.uncompressedSize) +
+                        " bytes from " + std::to_string(e.compressedSize) +
+                        " compressed bytes, more than deflate can produce (at most " +
+                        std::to_string(kMaxDeflateRatio) + " bytes per compressed byte)",
+                    m_file->path(), e.localHeaderOffset);
+    // The buffer grows with the output actually produced, up to one byte past the declared size (which
+    // shows a stream that runs past it): a false size costs no memory of its own.
+    const std::uint64_t cap = e.uncompressedSize + 1;
+    std::string out;
+    std::uint64_t produced = 0;
+    std::uint64_t inLeft = e.compressedSize;
+    const Bytef* in = m_file->data() + e.dataOffset;
     z_stream zs{};
     if (inflateInit2(&zs, -MAX_WBITS) != Z_OK)
         throw Error(ErrorCode::Io, "cannot initialise zlib", m_file->path());
-    zs.next_in = const_cast<Bytef*>(m_file->data() + e.dataOffset);
-    zs.avail_in = static_cast<uInt>(std::min<std::uint64_t>(e.compressedSize, 0xFFFFFFFFu));
-    zs.next_out = reinterpret_cast<Bytef*>(out.data());
-    zs.avail_out = static_cast<uInt>(out.size());
-    const int rc = inflate(&zs, Z_FINISH);
-    const std::uint64_t produced = zs.total_out;
+    int rc = Z_OK;
+    for (;;) {
+        if (zs.avail_in == 0 && inLeft > 0) {
+            const std::uint64_t step = std::min(inLeft, kInflateStep);
+            zs.next_in = const_cast<Bytef*>(in);
+            zs.avail_in = static_cast<uInt>(step);
+            in += step;
+            inLeft -= step;
+        }
+        if (produced == out.size()) {
+            if (out.size() == cap)
+                break; // more output than declared
+            out.resize(static_cast<std::size_t>(
+                std::min<std::uint64_t>(cap, std::max<std::uint64_t>(64u << 10, out.size() * 2))));
+        }
+        const uInt inBefore = zs.avail_in;
+        const uInt room = static_cast<uInt>(std::min<std::uint64_t>(out.size() - produced, kInflateStep));
+        zs.next_out = reinterpret_cast<Bytef*>(out.data() + produced);
+        zs.avail_out = room;
+        rc = inflate(&zs, Z_NO_FLUSH);
+        produced += room - zs.avail_out;
+        if (rc == Z_STREAM_END || (rc != Z_OK && rc != Z_BUF_ERROR))
+            break;
+        if (zs.avail_in == inBefore && zs.avail_out == room && (inLeft == 0 || zs.avail_in > 0))
+            break; // no progress: the input ends before the stream does
+    }
     inflateEnd(&zs);
     if (rc != Z_STREAM_END || produced != e.uncompressedSize)
         throw Error(ErrorCode::Malformed,
                     "zip entry '" + e.name + "' does not inflate to its declared " +
                         std::to_string(e.uncompressedSize) + " bytes",
                     m_file->path(), e.dataOffset);
+    out.resize(static_cast<std::size_t>(produced));
     return out;
 }
 

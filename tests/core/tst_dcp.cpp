@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <set>
 
 using namespace testutil;
@@ -149,6 +150,43 @@ private slots:
                 sum += v;
             QVERIFY(std::abs(st->mean - sum / static_cast<double>(expected.size())) < 1e-9);
         }
+    }
+
+    // A distributed checkpoint used as one shard of a sharded checkpoint: its tensors of several chunks read
+    // the same values through the shard index as directly.
+    void shardOfChunks() {
+        const auto& c = m_manifest.at("ranks");
+        const std::string folder = c.at("folder");
+        const std::filesystem::path dir = std::filesystem::path(folder).parent_path();
+        nlohmann::json index;
+        for (const auto& [name, want] : c.at("tensors").items())
+            index["weight_map"][name] = std::filesystem::path(folder).filename().string();
+        const std::string indexPath = (dir / "ranks.safetensors.index.json").string();
+        {
+            std::ofstream out(indexPath);
+            out << index.dump();
+        }
+        const auto sharded = ckpt::openCheckpoint(indexPath);
+        const auto direct = ckpt::openCheckpoint(folder);
+        std::filesystem::remove(indexPath);
+        QCOMPARE(QString::fromStdString(sharded->format), QStringLiteral("sharded"));
+        QVERIFY(!sharded->hasErrors());
+        std::size_t chunked = 0;
+        for (const auto& [name, want] : c.at("tensors").items()) {
+            const ckpt::TensorInfo* t = sharded->findTensor(name);
+            const ckpt::TensorInfo* d = direct->findTensor(name);
+            QVERIFY2(t && d, name.c_str());
+            QVERIFY2(t->error.empty(), t->error.c_str());
+            QCOMPARE(t->chunkSet >= 0, d->chunkSet >= 0);
+            chunked += t->chunkSet >= 0;
+            const auto expected = readF64(want.at("values"));
+            ckpt::TensorReader rs(sharded, *t), rd(direct, *d);
+            QCOMPARE(rs.numel(), std::uint64_t(expected.size()));
+            for (std::uint64_t i = 0; i < expected.size(); ++i)
+                QVERIFY2(same(rs.element(i), expected[i]) && same(rs.element(i), rd.element(i)),
+                         (name + " element " + std::to_string(i)).c_str());
+        }
+        QCOMPARE(chunked, std::size_t(5));
     }
 };
 

@@ -3,10 +3,13 @@
 #include "testutil.h"
 
 #include "analysis/stats.h"
+#include "io/zipreader.h"
 
 #include <QTest>
 
 #include <random>
+
+#include <zlib.h>
 
 using namespace testutil;
 
@@ -20,7 +23,79 @@ private Q_SLOTS:
     void everyTruncationFails_data();
     void everyTruncationFails();
     void randomCorruptionNeverCrashes();
+    void inflate_data();
+    void inflate();
 };
+
+namespace {
+
+// A zip archive written field by field: `data` is stored as given; the sizes in the headers are those given.
+struct Member {
+    std::string name;
+    std::string data;
+    std::uint16_t method = 0;
+    std::uint32_t compressedField = 0;
+    std::uint32_t uncompressedField = 0;
+    std::string centralExtra;
+};
+
+std::string le(std::uint64_t v, int bytes) {
+    std::string b;
+    for (int i = 0; i < bytes; ++i)
+        b += static_cast<char>((v >> (8 * i)) & 0xFF);
+    return b;
+}
+
+std::string zipOf(const std::vector<Member>& members) {
+    std::string out, central;
+    for (const Member& m : members) {
+        const std::size_t at = out.size();
+        out += le(0x04034b50, 4) + le(20, 2) + le(0, 2) + le(m.method, 2) + le(0, 4) + le(0, 4) +
+               le(m.compressedField, 4) + le(m.uncompressedField, 4) + le(m.name.size(), 2) + le(0, 2) +
+               m.name + m.data;
+        central += le(0x02014b50, 4) + le(20, 2) + le(20, 2) + le(0, 2) + le(m.method, 2) + le(0, 4) +
+                   le(0, 4) + le(m.compressedField, 4) + le(m.uncompressedField, 4) + le(m.name.size(), 2) +
+                   le(m.centralExtra.size(), 2) + le(0, 2) + le(0, 2) + le(0, 2) + le(0, 4) + le(at, 4) +
+                   m.name + m.centralExtra;
+    }
+    const std::size_t cdAt = out.size();
+    out += central;
+    out += le(0x06054b50, 4) + le(0, 2) + le(0, 2) + le(members.size(), 2) + le(members.size(), 2) +
+           le(central.size(), 4) + le(cdAt, 4) + le(0, 2);
+    return out;
+}
+
+Member stored(const std::string& name, const std::string& data) {
+    return {name, data, 0, static_cast<std::uint32_t>(data.size()), static_cast<std::uint32_t>(data.size()),
+            {}};
+}
+
+// Raw deflate (as zip stores it) at the best compression.
+std::string deflateRaw(const std::string& in) {
+    z_stream zs{};
+    if (deflateInit2(&zs, Z_BEST_COMPRESSION, Z_DEFLATED, -MAX_WBITS, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+        throw std::runtime_error("deflateInit2");
+    std::string out(deflateBound(&zs, in.size()), '\0');
+    zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+    zs.avail_in = static_cast<uInt>(in.size());
+    zs.next_out = reinterpret_cast<Bytef*>(out.data());
+    zs.avail_out = static_cast<uInt>(out.size());
+    const int rc = deflate(&zs, Z_FINISH);
+    out.resize(zs.total_out);
+    deflateEnd(&zs);
+    if (rc != Z_STREAM_END)
+        throw std::runtime_error("deflate");
+    return out;
+}
+
+Member deflated(const std::string& name, const std::string& data, std::uint32_t declared) {
+    const std::string z = deflateRaw(data);
+    return {name, z, 8, static_cast<std::uint32_t>(z.size()), declared, {}};
+}
+
+const std::string kPickle = std::string("\x80\x02N.", 4); // None
+
+} // namespace
 
 void TestMalformed::zipCases_data() {
     QTest::addColumn<QByteArray>("bytes");
@@ -96,6 +171,29 @@ void TestMalformed::zipCases_data() {
         putU32(b, ce0 + 24, 48 + 100);
         row("overlapping entries", b, "entries 'small/data/0' and 'small/data/1' overlap");
     }
+    {
+        // data.pkl's compressed size is saturated, but its zip64 extra field is empty.
+        Member pkl = stored("a/data.pkl", kPickle);
+        pkl.compressedField = 0xFFFFFFFF;
+        pkl.centralExtra = le(0x0001, 2) + le(0, 2);
+        const std::string b = zipOf({pkl, stored("a/version", "3\n")});
+        const std::size_t field = centralEntry(b, "a/data.pkl") + 46 + pkl.name.size() + 4;
+        const std::string expected = "t.pt: at byte " + std::to_string(field) +
+                                     ": zip64 extra field of 'a/data.pkl': needs 8 bytes but only 0 are left";
+        row("zip64 extra field too short", b, expected.c_str());
+    }
+    {
+        // A few bytes of deflate cannot hold 1.5 GB: refused before any output is produced.
+        const std::string b =
+            zipOf({deflated("a/data.pkl", kPickle, 1'500'000'000), stored("a/version", "3\n")});
+        const std::string z = deflateRaw(kPickle);
+        const std::string expected = "zip entry 'a/data.pkl' declares 1500000000 bytes from " +
+                                     std::to_string(z.size()) +
+                                     " compressed bytes, more than deflate can produce (at most 1032 bytes "
+                                     "per compressed byte)";
+        row("deflated size beyond deflate's ratio", b, expected.c_str());
+    }
+    row("deflated pickle", zipOf({deflated("a/data.pkl", kPickle, 4), stored("a/version", "3\n")}), "ok");
 }
 
 void TestMalformed::zipCases() {
@@ -175,6 +273,49 @@ void TestMalformed::randomCorruptionNeverCrashes() {
             } catch (const ckpt::Error&) {
             }
         }
+    }
+}
+
+// Inflating follows the stream, not the declared size: exact sizes inflate (also at deflate's best ratios),
+// any other declared size is an error.
+void TestMalformed::inflate_data() {
+    QTest::addColumn<int>("size");
+    QTest::addColumn<int>("declaredDelta");
+    QTest::addColumn<QString>("expected");
+    QTest::newRow("empty") << 0 << 0 << "ok";
+    QTest::newRow("small") << 1000 << 0 << "ok";
+    QTest::newRow("64 MiB of zeros") << (64 << 20) << 0 << "ok";
+    QTest::newRow("declared one byte short")
+        << 100'000 << -1 << "does not inflate to its declared 99999 bytes";
+    QTest::newRow("declared one byte long")
+        << 100'000 << 1 << "does not inflate to its declared 100001 bytes";
+    QTest::newRow("declared 10x") << (1 << 20) << (9 << 20)
+                                  << "does not inflate to its declared 10485760 bytes";
+}
+
+void TestMalformed::inflate() {
+    QFETCH(int, size);
+    QFETCH(int, declaredDelta);
+    QFETCH(QString, expected);
+    std::string data(static_cast<std::size_t>(size), '\0');
+    std::uint32_t x = 12345; // below 16 MiB: pseudo-random bytes, which deflate hardly compresses
+    for (std::size_t i = 0; size < (16 << 20) && i < data.size(); ++i) {
+        x = x * 1664525u + 1013904223u;
+        data[i] = static_cast<char>(x >> 24);
+    }
+    const std::uint32_t declared = static_cast<std::uint32_t>(size + declaredDelta);
+    const std::string b = zipOf({deflated("a/blob", data, declared)});
+    ckpt::ZipArchive zip(ckpt::MappedFile::fromBuffer("t.zip", b));
+    const ckpt::ZipEntry* e = zip.find("a/blob");
+    QVERIFY(e);
+    if (size >= (16 << 20))
+        QVERIFY(e->compressedSize * 500 < e->uncompressedSize); // a ratio near deflate's maximum
+    try {
+        const std::string got = zip.read(*e, 1ull << 30);
+        QCOMPARE(QString("ok"), expected);
+        QVERIFY(got == data);
+    } catch (const ckpt::Error& err) {
+        QVERIFY2(std::string(err.what()).find(expected.toStdString()) != std::string::npos, err.what());
     }
 }
 

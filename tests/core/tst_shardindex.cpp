@@ -110,6 +110,15 @@ void TestShardIndex::cases_data() {
         "shard file 'model.safetensors.index.json' cannot be read");
     row("shard unreadable", R"({"weight_map": {"a": "junk.bin"}})", true,
         "shard file 'junk.bin' cannot be read:");
+    // '{' at 0 and 13, the first '[' at 19 (level 3): level 65 opens at byte 81.
+    row("nested too deep",
+        R"({"metadata": {"x": )" + std::string(100'000, '[') + std::string(100'000, ']') +
+            R"(}, "weight_map": {"a": "model-00001-of-00002.safetensors"}})",
+        true, "at byte 81: shard index nests deeper than 64 levels");
+    row("nested 64 levels",
+        R"({"metadata": {"x": )" + std::string(62, '[') + std::string(62, ']') +
+            R"(}, "weight_map": {"a": "model-00001-of-00002.safetensors"}})",
+        true, "tensor 'b' in shard 'model-00001-of-00002.safetensors' is not mapped to it by the index");
 }
 
 void TestShardIndex::cases() {
