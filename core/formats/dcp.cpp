@@ -84,7 +84,7 @@ public:
             if (q == "torch.Size") {
                 Value* t = arena.make(ValueKind::Tuple);
                 if (a0 && (a0->kind == ValueKind::Tuple || a0->kind == ValueKind::List))
-                    t->items = a0->items;
+                    arena.copyItems(t, a0->items, offset);
                 return t;
             }
             if (q == "torch.serialization._get_layout" && a0 && a0->kind == ValueKind::String)
