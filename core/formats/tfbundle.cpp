@@ -1098,9 +1098,13 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
         bool overflow = false;
         for (auto d : t.shape)
             overflow = overflow || mulOverflow(numel, static_cast<std::uint64_t>(d), &numel);
+        // Strides count empty dimensions as 1, so they can overflow where the element count (0) does not.
+        bool stridesOverflow = false;
         t.strides.assign(t.shape.size(), 1);
         for (std::size_t k = t.shape.size(); k-- > 1;)
-            t.strides[k - 1] = t.strides[k] * std::max<std::int64_t>(t.shape[k], 1);
+            stridesOverflow =
+                stridesOverflow || __builtin_mul_overflow(t.strides[k], std::max<std::int64_t>(t.shape[k], 1),
+                                                          &t.strides[k - 1]);
         keys.push_back(te.key);
 
         if (e.slices > 0) {
@@ -1126,6 +1130,12 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
         }
         if (overflow) {
             fail(t, "tensor shape " + shapeText(e.shape) + " has more elements than 2^64", te.offset);
+            ck->tensors.push_back(std::move(t));
+            continue;
+        }
+        if (stridesOverflow) {
+            t.strides.assign(t.shape.size(), 0);
+            fail(t, "tensor shape " + shapeText(e.shape) + " is too large for 64-bit strides", te.offset);
             ck->tensors.push_back(std::move(t));
             continue;
         }

@@ -302,6 +302,10 @@ void TestTfBundle::malformed_data() {
     row("shape overflow", table(with("w", entry(1, {1ll << 40, 1ll << 40}, 0, 8))), goodShard(),
         "has more elements than 2^64");
     row("negative dim", table(with("w", entry(1, {-1}, 0, 8))), goodShard(), "w: invalid tensor shape [-1]");
+    // No elements, so no byte size to overflow, but the strides of the other dimensions overflow int64.
+    row("strides overflow", table(with("w", entry(1, {0, 1ll << 40, 1ll << 40, 1ll << 40}, 0, 0))),
+        goodShard(),
+        "w: tensor shape [0, 1099511627776, 1099511627776, 1099511627776] is too large for 64-bit strides");
     row("missing shard", table(goodEntries()), "", "b: data shard '");
     row("shard id past shard count", table(with("w", entry(1, {3}, 0, 12, 3))), goodShard(),
         "w: shard_id 3 is outside the bundle's 1 shards");
