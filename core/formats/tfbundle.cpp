@@ -29,8 +29,11 @@ constexpr std::uint64_t kTableMagic = 0xdb4775248b80fb57ull;
 constexpr std::size_t kFooterSize = 48;
 constexpr std::uint64_t kMaxBlockBytes = 256ull << 20;
 constexpr std::uint64_t kMaxDecompressedBytes = 1ull << 30; // all Snappy blocks together
-constexpr std::uint64_t kMaxKeyBytes = 1u << 20;            // one key
-constexpr std::uint64_t kMaxAllKeyBytes = 512ull << 20;     // all keys together (prefix compression)
+// Keys: prefix compression lets a key cost a few bytes of the file however long it is, and each key is
+// kept a few times over (storage key, name), so both one key and all keys together are capped. TF keys are
+// object paths of some hundred bytes.
+constexpr std::uint64_t kMaxKeyBytes = 64u << 10;      // one key
+constexpr std::uint64_t kMaxAllKeyBytes = 64ull << 20; // all keys together
 constexpr std::size_t kMaxEntries = 16u << 20;
 constexpr std::int64_t kMaxShards = 65536;
 constexpr int kMaxRank = 64;
@@ -210,25 +213,21 @@ public:
         Handle index{f.varint(), f.varint()};
         std::vector<TableEntry> out;
         const auto indexEntries = readBlock(index, "index block", 0);
-        std::string previous;
-        bool first = true;
         for (std::size_t b = 0; b < indexEntries.size(); ++b) {
             const auto& ie = indexEntries[b];
             Proto h(ie.value, ie.offset, "index entry " + std::to_string(b));
             Handle dh{h.varint(), h.varint()};
             auto entries = readBlock(dh, "data block " + std::to_string(b), ie.offset);
             for (auto& e : entries) {
-                if (!first && e.key <= previous)
+                if (!out.empty() && e.key <= out.back().key)
                     throw Error(ErrorCode::Malformed,
                                 "table keys out of order: '" + hexKey(e.key) + "' after '" +
-                                    hexKey(previous) + "'",
+                                    hexKey(out.back().key) + "'",
                                 path, e.offset);
                 if (out.size() >= kMaxEntries)
                     throw Error(ErrorCode::Limit,
                                 "table holds more than " + std::to_string(kMaxEntries) + " entries", path,
                                 e.offset);
-                previous = e.key;
-                first = false;
                 out.push_back(std::move(e));
             }
         }
@@ -356,8 +355,9 @@ private:
             m_keyBytes += shared + nonShared;
             if (m_keyBytes > kMaxAllKeyBytes)
                 throw Error(ErrorCode::Limit,
-                            "the table's keys add up to more than " + std::to_string(kMaxAllKeyBytes) +
-                                " bytes",
+                            "the table's keys add up to more than the limit of " +
+                                std::to_string(kMaxAllKeyBytes) + " bytes at the entry at byte " +
+                                std::to_string(entryPos) + " of " + what,
                             path, at(entryPos));
             key.resize(static_cast<std::size_t>(shared));
             key.append(reinterpret_cast<const char*>(b.data() + cur), static_cast<std::size_t>(nonShared));
@@ -1056,8 +1056,9 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
         return src;
     };
 
-    std::vector<std::string> keys;                                  // per tensor, for naming afterwards
-    std::vector<std::pair<std::string, const Value*>> stringValues; // key, value
+    // Keys point into `entries`, which outlive them.
+    std::vector<const std::string*> keys; // per tensor, for naming afterwards
+    std::vector<std::pair<const std::string*, const Value*>> stringValues; // key, value
     std::size_t sliceEntries = 0, slicedVariables = 0;
     std::optional<std::vector<GraphNode>> graph;
     ValueArena& arena = *ck->arena;
@@ -1082,7 +1083,7 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
         } catch (const Error& err) {
             t.dtype = DType::Bits8;
             fail(t, err.message(), err.offset());
-            keys.push_back(te.key);
+            keys.push_back(&te.key);
             ck->tensors.push_back(std::move(t));
             continue;
         }
@@ -1105,7 +1106,7 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
             stridesOverflow =
                 stridesOverflow || __builtin_mul_overflow(t.strides[k], std::max<std::int64_t>(t.shape[k], 1),
                                                           &t.strides[k - 1]);
-        keys.push_back(te.key);
+        keys.push_back(&te.key);
 
         if (e.slices > 0) {
             ++slicedVariables;
@@ -1202,7 +1203,7 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
                 Value* v = arena.make(ValueKind::Bytes);
                 v->text = "<string tensor " + shapeText(t.shape) + " of " + std::to_string(s.nbytes) +
                           " bytes, not loaded>";
-                stringValues.emplace_back(te.key, v);
+                stringValues.emplace_back(&te.key, v);
                 keys.pop_back();
                 continue;
             }
@@ -1293,7 +1294,7 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
                     for (std::size_t k = 0; k < strs.size() && k < kMaxListedStrings; ++k)
                         v->items.push_back(make(strs[k]));
                 }
-                stringValues.emplace_back(te.key, v);
+                stringValues.emplace_back(&te.key, v);
                 keys.pop_back();
             } catch (const Error& err) {
                 t.typeName = "DT_STRING";
@@ -1323,7 +1324,7 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
     // Names.
     const auto graphNames = graph ? namesFromGraph(*graph) : std::unordered_map<std::string, std::string>{};
     std::unordered_set<std::string> used;
-    std::unordered_map<std::string, std::string> renamed; // key -> name, for the findings
+    std::unordered_map<std::string_view, std::string> renamed; // key -> name, for the findings
     auto readable = [&](const std::string& key, std::size_t ordinal) {
         std::string name;
         if (auto it = graphNames.find(key); it != graphNames.end() && !it->second.empty())
@@ -1342,11 +1343,11 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
         return name;
     };
     for (std::size_t k = 0; k < ck->tensors.size(); ++k)
-        ck->tensors[k].name = readable(keys[k], k);
+        ck->tensors[k].name = readable(*keys[k], k);
     for (const auto& [key, v] : stringValues)
-        ck->values.push_back({key == "_CHECKPOINTABLE_OBJECT_GRAPH"
-                                  ? key
-                                  : readable(key, ck->tensors.size() + ck->values.size()),
+        ck->values.push_back({*key == "_CHECKPOINTABLE_OBJECT_GRAPH"
+                                  ? *key
+                                  : readable(*key, ck->tensors.size() + ck->values.size()),
                               v});
     for (auto& f : ck->findings)
         if (auto it = renamed.find(f.object); it != renamed.end())

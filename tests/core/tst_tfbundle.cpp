@@ -198,6 +198,7 @@ private Q_SLOTS:
     void realFixtureCorrupted();
     void tensorChecksums();
     void realFixturesChecksums();
+    void keyLimits();
 };
 
 void TestTfBundle::crc32cKnownValues() {
@@ -656,6 +657,54 @@ void TestTfBundle::realFixturesChecksums() {
         }
     }
     QVERIFY(checked > 5);
+}
+
+void TestTfBundle::keyLimits() {
+    auto open = [](const std::string& block) {
+        try {
+            ckpt::readTfBundle(ckpt::MappedFile::fromBuffer("k.index", buildTable({block})), "k",
+                               [](const std::string&) { return nullptr; });
+            return std::string("ok");
+        } catch (const ckpt::Error& e) {
+            return std::string(e.what());
+        }
+    };
+    const std::string head = varint(0) + varint(0) + varint(header().size()) + header();
+    // One key: 64 KiB allowed, one byte more refused.
+    for (std::size_t size : {std::size_t(64) << 10, (std::size_t(64) << 10) + 1}) {
+        const std::string c =
+            head + varint(0) + varint(size) + varint(0) + std::string(size, 'k') + u32le(0) + u32le(1);
+        const std::string got = open(c);
+        if (size == 64u << 10)
+            QVERIFY2(got.find("keys out of order") == std::string::npos &&
+                         got.find("limit") == std::string::npos,
+                     got.c_str());
+        else
+            QCOMPARE(got, "k.index: at byte " + std::to_string(head.size()) + ": entry at byte " +
+                              std::to_string(head.size()) +
+                              " of data block 0 has a key of 65537 bytes, more than the limit of 65536");
+    }
+    // All keys: 64 KiB keys sharing all but their last 4 bytes cost 9 bytes each; with the index block's
+    // 1-byte separator key, the 1024th passes 64 MiB.
+    std::string c = head;
+    std::size_t crossing = 0;
+    for (std::uint32_t i = 0; i < 1100; ++i) {
+        std::string suffix(4, '\0');
+        for (int k = 0; k < 4; ++k)
+            suffix[static_cast<std::size_t>(k)] = static_cast<char>(i >> (24 - 8 * k));
+        if (i == 1023)
+            crossing = c.size();
+        if (i == 0)
+            c += varint(0) + varint(65536) + varint(0) + std::string(65532, 'k') + suffix;
+        else
+            c += varint(65532) + varint(4) + varint(0) + suffix;
+    }
+    c += u32le(0) + u32le(1);
+    const std::string got = open(c);
+    QCOMPARE(got, "k.index: at byte " + std::to_string(crossing) +
+                      ": the table's keys add up to more than the limit of 67108864 bytes at the entry at "
+                      "byte " +
+                      std::to_string(crossing) + " of data block 0");
 }
 
 QTEST_GUILESS_MAIN(TestTfBundle)
