@@ -11,6 +11,8 @@
 #include <QTemporaryDir>
 #include <QTest>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -198,6 +200,8 @@ private Q_SLOTS:
     void realFixtureCorrupted();
     void tensorChecksums();
     void realFixturesChecksums();
+    void objectGraphLongChain();
+    void objectGraphNamesCapped();
     void keyLimits();
 };
 
@@ -657,6 +661,81 @@ void TestTfBundle::realFixturesChecksums() {
         }
     }
     QVERIFY(checked > 5);
+}
+
+namespace {
+
+std::string graphChild(std::size_t id, const std::string& name) {
+    return fieldBytes(1, fieldVarint(1, id) + fieldBytes(2, name));
+}
+std::string graphAttr(const std::string& name, const std::string& key) {
+    return fieldBytes(2, fieldBytes(1, name) + fieldBytes(3, key));
+}
+
+// A bundle of float scalars (all reading the same 4 bytes) and an object graph.
+std::shared_ptr<ckpt::Checkpoint> bundleWithGraph(const std::string& graph,
+                                                  const std::vector<std::string>& keys) {
+    const std::string g = stringTensor({graph});
+    const std::string shard = floats({1.f}) + g;
+    KV kv{{"", header()}, {"_CHECKPOINTABLE_OBJECT_GRAPH", entry(7, {}, 4, g.size())}};
+    for (const auto& k : keys)
+        kv.push_back({k, entry(1, {}, 0, 4)});
+    std::sort(kv.begin(), kv.end());
+    return ckpt::readTfBundle(
+        ckpt::MappedFile::fromBuffer("g.index", buildTable({blockContents(kv)})), "g",
+        [shard](const std::string& path) { return ckpt::MappedFile::fromBuffer(path, shard); });
+}
+
+} // namespace
+
+void TestTfBundle::objectGraphLongChain() {
+    // root -(n)-> 1 -(n)-> 2 ... -(n)-> N-1 [VARIABLE_VALUE: deep]: a name of 2N bytes, built once, where
+    // keeping every node's full path would take N^2 bytes (10 GB here).
+    const std::size_t n = 100'000;
+    std::string graph;
+    for (std::size_t i = 0; i + 1 < n; ++i)
+        graph += fieldBytes(1, graphChild(i + 1, "n"));
+    graph += fieldBytes(1, graphAttr("VARIABLE_VALUE", "deep"));
+    const auto ck = bundleWithGraph(graph, {"deep"});
+    QCOMPARE(ck->tensors.size(), std::size_t(1));
+    std::string expected = "n";
+    for (std::size_t i = 1; i + 1 < n; ++i)
+        expected += ".n";
+    QCOMPARE(ck->tensors[0].name, expected);
+    QVERIFY(ck->formatDetail.find("object graph of 100000 objects") != std::string::npos);
+    QVERIFY(!ck->hasErrors());
+}
+
+void TestTfBundle::objectGraphNamesCapped() {
+    // A chain of 2000 nodes with 1000-byte local names, each node a variable: the names would add up to 2 GB.
+    // Names are built up to 64 MiB in all; the rest of the tensors are named by their keys, with a warning.
+    const std::size_t n = 2000;
+    const std::string local(1000, 'a');
+    std::string graph = fieldBytes(1, graphChild(1, local));
+    std::vector<std::string> keys;
+    for (std::size_t i = 1; i < n; ++i) {
+        char key[16];
+        std::snprintf(key, sizeof key, "k%05zu", i);
+        keys.push_back(key);
+        graph +=
+            fieldBytes(1, (i + 1 < n ? graphChild(i + 1, local) : "") + graphAttr("VARIABLE_VALUE", key));
+    }
+    const auto ck = bundleWithGraph(graph, keys);
+    QCOMPARE(ck->tensors.size(), n - 1);
+    QCOMPARE(ck->tensors.front().name, local);
+    QCOMPARE(ck->tensors[1].name, local + "." + local);
+    QCOMPARE(ck->tensors.back().name, std::string("k01999"));
+    std::size_t named = 0;
+    for (const auto& t : ck->tensors)
+        named += t.name.starts_with(local);
+    QVERIFY(named > 300 && named < 400); // 1001 * k^2 / 2 bytes for the first k
+    bool warned = false;
+    for (const auto& f : ck->findings)
+        warned =
+            warned || (f.severity == ckpt::Severity::Warning &&
+                       f.message == "names from the object graph add up to more than 67108864 bytes; the "
+                                    "remaining tensors are named by their keys");
+    QVERIFY(warned);
 }
 
 void TestTfBundle::keyLimits() {
