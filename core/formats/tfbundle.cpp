@@ -38,6 +38,8 @@ constexpr std::size_t kMaxEntries = 16u << 20;
 constexpr std::int64_t kMaxShards = 65536;
 constexpr int kMaxRank = 64;
 constexpr std::uint64_t kMaxStringTensorBytes = 64ull << 20;
+// String tensors decoded in all (entries may share their bytes); past it they are listed with a note.
+constexpr std::uint64_t kMaxAllStringBytes = 64ull << 20;
 constexpr std::uint64_t kMaxStringElements = 1u << 20;
 constexpr std::size_t kMaxGraphNodes = 1u << 20;
 // Readable names built from the object graph, in all: a node's name is its parent's plus its own, so a
@@ -1114,6 +1116,8 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
     // Keys point into `entries`, which outlive them.
     std::vector<const std::string*> keys; // per tensor, for naming afterwards
     std::vector<std::pair<const std::string*, const Value*>> stringValues; // key, value
+    std::uint64_t stringBytes = 0; // string tensors decoded, but for the object graph
+    bool stringBudgetNoted = false;
     std::optional<std::uint64_t> graphAt;
     int graphSource = 0;
     std::size_t sliceEntries = 0, slicedVariables = 0;
@@ -1256,14 +1260,34 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
                 ck->tensors.push_back(std::move(t));
                 continue;
             }
-            if (numel > kMaxStringElements || s.nbytes > kMaxStringTensorBytes) {
+            const bool isGraph = te.key == "_CHECKPOINTABLE_OBJECT_GRAPH";
+            const bool overBudget = !isGraph && s.nbytes > kMaxAllStringBytes - stringBytes;
+            if (numel > kMaxStringElements || s.nbytes > kMaxStringTensorBytes || overBudget) {
                 Value* v = arena.make(ValueKind::Bytes);
                 v->text = "<string tensor " + shapeText(t.shape) + " of " + std::to_string(s.nbytes) +
-                          " bytes, not loaded>";
+                          " bytes, not loaded" +
+                          (numel > kMaxStringElements || s.nbytes > kMaxStringTensorBytes
+                               ? std::string()
+                               : ": the bundle's string tensors exceed " +
+                                     std::to_string(kMaxAllStringBytes) + " bytes in all") +
+                          ">";
+                if (overBudget && !stringBudgetNoted) {
+                    stringBudgetNoted = true;
+                    ck->findings.push_back({Severity::Warning,
+                                            "string tensors add up to more than " +
+                                                std::to_string(kMaxAllStringBytes) +
+                                                " bytes; this one and later ones are not loaded",
+                                            te.key,
+                                            {},
+                                            te.offset,
+                                            0});
+                }
                 stringValues.emplace_back(&te.key, v);
                 keys.pop_back();
                 continue;
             }
+            if (!isGraph)
+                stringBytes += s.nbytes;
             const MappedFile& f = *ck->sources[static_cast<std::size_t>(src)].file;
             std::string buf(static_cast<std::size_t>(s.nbytes), '\0');
             if (!f.readAt(s.fileOffset, buf.size(), buf.data()))
@@ -1314,13 +1338,13 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
                              s.fileOffset,
                              src});
                 }
-                std::vector<std::string> strs;
+                std::vector<std::string_view> strs; // into buf
                 std::size_t at = dataAt;
                 for (auto len : lens) {
                     strs.emplace_back(buf.data() + at, static_cast<std::size_t>(len));
                     at += static_cast<std::size_t>(len);
                 }
-                if (te.key == "_CHECKPOINTABLE_OBJECT_GRAPH" && strs.size() == 1) {
+                if (isGraph && strs.size() == 1) {
                     try {
                         const auto* g = reinterpret_cast<const std::uint8_t*>(strs[0].data());
                         graph = parseGraph({g, strs[0].size()}, s.fileOffset + dataAt);
@@ -1335,10 +1359,10 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
                                                 src});
                     }
                 }
-                auto make = [&](const std::string& str) {
+                auto make = [&](std::string_view str) {
                     Value* v;
-                    if (validUtf8(str) && te.key != "_CHECKPOINTABLE_OBJECT_GRAPH") {
-                        v = arena.makeString(str);
+                    if (validUtf8(str) && !isGraph) {
+                        v = arena.makeString(std::string(str));
                     } else {
                         v = arena.make(ValueKind::Bytes);
                         v->text = str;

@@ -202,6 +202,7 @@ private Q_SLOTS:
     void realFixturesChecksums();
     void objectGraphLongChain();
     void objectGraphNamesCapped();
+    void stringTensorsBudget();
     void keyLimits();
 };
 
@@ -736,6 +737,38 @@ void TestTfBundle::objectGraphNamesCapped() {
                        f.message == "names from the object graph add up to more than 67108864 bytes; the "
                                     "remaining tensors are named by their keys");
     QVERIFY(warned);
+}
+
+void TestTfBundle::stringTensorsBudget() {
+    // Ten string tensors reading the same 20 MiB: three are decoded, the rest listed with a note, so that
+    // entries sharing bytes cannot make memory grow with the number of entries.
+    const std::string str = stringTensor({std::string(20u << 20, 'x')});
+    KV kv{{"", header()}};
+    for (int i = 0; i < 10; ++i)
+        kv.push_back({"s" + std::to_string(i), entry(7, {}, 0, str.size())});
+    const auto ck = ckpt::readTfBundle(
+        ckpt::MappedFile::fromBuffer("s.index", buildTable({blockContents(kv)})), "s",
+        [&str](const std::string& path) { return ckpt::MappedFile::fromBuffer(path, str); });
+    QCOMPARE(ck->values.size(), std::size_t(10));
+    for (std::size_t i = 0; i < 10; ++i) {
+        const auto& v = ck->values[i];
+        QCOMPARE(v.name, "s" + std::to_string(i));
+        if (i < 3) {
+            QCOMPARE(v.value->kind, ckpt::ValueKind::String);
+            QCOMPARE(v.value->text.size(), std::size_t(20u << 20));
+        } else {
+            QCOMPARE(v.value->kind, ckpt::ValueKind::Bytes);
+            QCOMPARE(v.value->text, "<string tensor [] of " + std::to_string(str.size()) +
+                                        " bytes, not loaded: the bundle's string tensors exceed 67108864 "
+                                        "bytes in all>");
+        }
+    }
+    QCOMPARE(ck->findings.size(), std::size_t(1));
+    QCOMPARE(ck->findings[0].severity, ckpt::Severity::Warning);
+    QCOMPARE(ck->findings[0].object, std::string("s3"));
+    QCOMPARE(ck->findings[0].message,
+             std::string("string tensors add up to more than 67108864 bytes; this one and later ones are not "
+                         "loaded"));
 }
 
 void TestTfBundle::keyLimits() {
