@@ -18,6 +18,7 @@ constexpr std::uint64_t kMaxTensors = 1u << 24;
 constexpr std::uint64_t kMaxKeys = 1u << 20;
 constexpr std::uint64_t kMaxString = 1u << 30; // ggml's limit for strings and arrays
 constexpr std::uint64_t kMaxArray = 1u << 30;
+constexpr std::uint64_t kMaxKeyBytes = 65535; // the GGUF spec: a key is at most 2^16-1 bytes long
 constexpr int kMaxArrayDepth = 4;           // the spec allows nested arrays, ggml rejects them; we show a few
 constexpr std::size_t kArrayItemsKept = 64; // tokenizer.ggml.tokens has 150,000: the rest is only counted
 // Array items kept over the whole file: a Value is ~90 bytes, a u8 item one, so without it a hostile file of
@@ -107,6 +108,14 @@ std::optional<DType> ggmlDType(std::uint32_t code) {
     return std::nullopt;
 }
 
+// What a string is, for messages: `label`, then the metadata key quoted when there is one. Its text is built
+// only when a message needs it: an array of a million strings would otherwise copy its key a million times.
+struct StringWhat {
+    std::string_view label;
+    const std::string* key = nullptr;
+    std::string text() const { return std::string(label) + (key ? "'" + *key + "'" : std::string()); }
+};
+
 class GgufParser {
 public:
     GgufParser(Checkpoint& ck, const MappedFile& file)
@@ -123,9 +132,9 @@ private:
         throw Error(code, what, m_path, at);
     }
     // A string's length, checked against the bytes left and maxLen; the reader stays at its first byte.
-    std::size_t stringLength(std::uint64_t maxLen, const std::string& what);
-    std::string readString(std::uint64_t maxLen, const std::string& what);
-    void skipString(const std::string& what);
+    std::size_t stringLength(std::uint64_t maxLen, const StringWhat& what);
+    std::string readString(std::uint64_t maxLen, const StringWhat& what);
+    void skipString(const StringWhat& what);
     Value* readValue(std::uint32_t type, int depth, bool keep, const std::string& key);
     Value* readArray(int depth, bool keep, const std::string& key);
     Value* integer(std::uint64_t v, bool isSigned, int bytes);
@@ -138,25 +147,26 @@ private:
     std::uint64_t m_keptBudget = kArrayItemsKeptInAll;
 };
 
-std::size_t GgufParser::stringLength(std::uint64_t maxLen, const std::string& what) {
+std::size_t GgufParser::stringLength(std::uint64_t maxLen, const StringWhat& what) {
     const std::uint64_t at = m_r.absolutePosition();
     const std::uint64_t n = m_r.u64le();
     if (n > m_r.remaining())
         fail(ErrorCode::Truncated,
-             what + " of " + std::to_string(n) + " bytes runs past the end of the file (" +
+             what.text() + " of " + std::to_string(n) + " bytes runs past the end of the file (" +
                  std::to_string(m_r.remaining()) + " bytes left)",
              at);
     if (n > maxLen)
         fail(ErrorCode::Limit,
-             what + " is " + std::to_string(n) + " bytes long; the limit is " + std::to_string(maxLen), at);
+             what.text() + " is " + std::to_string(n) + " bytes long; the limit is " + std::to_string(maxLen),
+             at);
     return static_cast<std::size_t>(n);
 }
 
-std::string GgufParser::readString(std::uint64_t maxLen, const std::string& what) {
+std::string GgufParser::readString(std::uint64_t maxLen, const StringWhat& what) {
     return std::string(m_r.stringView(stringLength(maxLen, what)));
 }
 
-void GgufParser::skipString(const std::string& what) {
+void GgufParser::skipString(const StringWhat& what) {
     m_r.skip(stringLength(kMaxString, what));
 }
 
@@ -219,10 +229,10 @@ Value* GgufParser::readValue(std::uint32_t type, int depth, bool keep, const std
     }
     case String:
         if (!keep) {
-            skipString("string value of '" + key + "'");
+            skipString({"string value of ", &key});
             return nullptr;
         }
-        return m_arena.makeString(readString(kMaxString, "string value of '" + key + "'"));
+        return m_arena.makeString(readString(kMaxString, {"string value of ", &key}));
     case Array:
         return readArray(depth + 1, keep, key);
     default:
@@ -319,7 +329,7 @@ void GgufParser::parse() {
     m_ck.values.reserve(static_cast<std::size_t>(kvCount));
     for (std::uint64_t i = 0; i < kvCount; ++i) {
         const std::uint64_t at = m_r.absolutePosition();
-        std::string key = readString(kMaxString, "metadata key " + std::to_string(i));
+        std::string key = readString(kMaxKeyBytes, {"metadata key " + std::to_string(i)});
         if (!keys.insert(key).second)
             fail(ErrorCode::Malformed, "duplicate metadata key '" + key + "'", at);
         const std::uint64_t typeAt = m_r.absolutePosition();
@@ -356,7 +366,7 @@ void GgufParser::parse() {
         PendingTensor p;
         p.infoOffset = m_r.absolutePosition();
         TensorInfo t;
-        t.name = readString(kMaxString, "tensor name " + std::to_string(i));
+        t.name = readString(kMaxString, {"tensor name " + std::to_string(i)});
         if (t.name.size() > kMaxNameBytes)
             fail(ErrorCode::Limit,
                  "tensor name '" + t.name.substr(0, 80) + "' is " + std::to_string(t.name.size()) +

@@ -29,14 +29,22 @@ constexpr std::uint64_t kTableMagic = 0xdb4775248b80fb57ull;
 constexpr std::size_t kFooterSize = 48;
 constexpr std::uint64_t kMaxBlockBytes = 256ull << 20;
 constexpr std::uint64_t kMaxDecompressedBytes = 1ull << 30; // all Snappy blocks together
-constexpr std::uint64_t kMaxKeyBytes = 1u << 20;            // one key
-constexpr std::uint64_t kMaxAllKeyBytes = 512ull << 20;     // all keys together (prefix compression)
+// Keys: prefix compression lets a key cost a few bytes of the file however long it is, and each key is
+// kept a few times over (storage key, name), so both one key and all keys together are capped. TF keys are
+// object paths of some hundred bytes.
+constexpr std::uint64_t kMaxKeyBytes = 64u << 10;      // one key
+constexpr std::uint64_t kMaxAllKeyBytes = 64ull << 20; // all keys together
 constexpr std::size_t kMaxEntries = 16u << 20;
 constexpr std::int64_t kMaxShards = 65536;
 constexpr int kMaxRank = 64;
 constexpr std::uint64_t kMaxStringTensorBytes = 64ull << 20;
+// String tensors decoded in all (entries may share their bytes); past it they are listed with a note.
+constexpr std::uint64_t kMaxAllStringBytes = 64ull << 20;
 constexpr std::uint64_t kMaxStringElements = 1u << 20;
 constexpr std::size_t kMaxGraphNodes = 1u << 20;
+// Readable names built from the object graph, in all: a node's name is its parent's plus its own, so a
+// chain of nodes would otherwise cost the square of its length.
+constexpr std::uint64_t kMaxGraphNameBytes = 64ull << 20;
 constexpr std::uint64_t kMaxStateFileBytes = 1u << 20;
 constexpr std::size_t kMaxListedStrings = 1000;
 
@@ -210,25 +218,21 @@ public:
         Handle index{f.varint(), f.varint()};
         std::vector<TableEntry> out;
         const auto indexEntries = readBlock(index, "index block", 0);
-        std::string previous;
-        bool first = true;
         for (std::size_t b = 0; b < indexEntries.size(); ++b) {
             const auto& ie = indexEntries[b];
             Proto h(ie.value, ie.offset, "index entry " + std::to_string(b));
             Handle dh{h.varint(), h.varint()};
             auto entries = readBlock(dh, "data block " + std::to_string(b), ie.offset);
             for (auto& e : entries) {
-                if (!first && e.key <= previous)
+                if (!out.empty() && e.key <= out.back().key)
                     throw Error(ErrorCode::Malformed,
                                 "table keys out of order: '" + hexKey(e.key) + "' after '" +
-                                    hexKey(previous) + "'",
+                                    hexKey(out.back().key) + "'",
                                 path, e.offset);
                 if (out.size() >= kMaxEntries)
                     throw Error(ErrorCode::Limit,
                                 "table holds more than " + std::to_string(kMaxEntries) + " entries", path,
                                 e.offset);
-                previous = e.key;
-                first = false;
                 out.push_back(std::move(e));
             }
         }
@@ -356,8 +360,9 @@ private:
             m_keyBytes += shared + nonShared;
             if (m_keyBytes > kMaxAllKeyBytes)
                 throw Error(ErrorCode::Limit,
-                            "the table's keys add up to more than " + std::to_string(kMaxAllKeyBytes) +
-                                " bytes",
+                            "the table's keys add up to more than the limit of " +
+                                std::to_string(kMaxAllKeyBytes) + " bytes at the entry at byte " +
+                                std::to_string(entryPos) + " of " + what,
                             path, at(entryPos));
             key.resize(static_cast<std::size_t>(shared));
             key.append(reinterpret_cast<const char*>(b.data() + cur), static_cast<std::size_t>(nonShared));
@@ -678,47 +683,99 @@ std::vector<GraphNode> parseGraph(std::span<const std::uint8_t> bytes, std::uint
     return nodes;
 }
 
-// checkpoint key -> readable name, from the object graph.
-std::unordered_map<std::string, std::string> namesFromGraph(const std::vector<GraphNode>& nodes) {
-    std::unordered_map<std::string, std::string> out;
-    if (nodes.empty())
+// Readable names from the object graph. Each named node keeps its parent's name and its own local name, not
+// its full path, so a long chain of nodes costs memory linear in its length; full names are built only for
+// the keys asked for, up to kMaxGraphNameBytes in all.
+class GraphNames {
+public:
+    explicit GraphNames(const std::vector<GraphNode>& nodes) {
+        if (nodes.empty())
+            return;
+        const auto count = static_cast<std::int64_t>(nodes.size());
+        std::vector<std::int64_t> of(nodes.size(), -1); // node -> its name in m_names
+        m_names.push_back({});                          // the root: ""
+        of[0] = 0;
+        std::deque<std::int64_t> queue{0};
+        while (!queue.empty()) {
+            const std::int64_t id = queue.front();
+            queue.pop_front();
+            for (const auto& [child, local] : nodes[static_cast<std::size_t>(id)].children) {
+                if (child < 0 || child >= count || of[static_cast<std::size_t>(child)] >= 0)
+                    continue;
+                of[static_cast<std::size_t>(child)] = add(of[static_cast<std::size_t>(id)], local, false);
+                queue.push_back(child);
+            }
+        }
+        // Slot variables: '<variable>.<slot>'. They win over a path through the optimizer's children.
+        for (const auto& n : nodes)
+            for (const auto& s : n.slots)
+                if (s.original >= 0 && s.original < count && s.slot >= 0 && s.slot < count &&
+                    of[static_cast<std::size_t>(s.original)] >= 0)
+                    of[static_cast<std::size_t>(s.slot)] =
+                        add(of[static_cast<std::size_t>(s.original)], s.name, true);
+        for (std::size_t i = 0; i < nodes.size(); ++i) {
+            if (of[i] < 0)
+                continue;
+            for (const auto& [name, key] : nodes[i].attributes)
+                if (!key.empty())
+                    m_keys.emplace(key, std::pair{static_cast<std::size_t>(of[i]), std::string_view(name)});
+        }
+    }
+
+    // The readable name of a checkpoint key: its node's path of local names joined with '.', plus
+    // '.<attribute>' for attributes other than VARIABLE_VALUE. Null when the graph does not name the key, or
+    // once the names built add up to more than kMaxGraphNameBytes.
+    std::optional<std::string> name(std::string_view key) {
+        const auto it = m_keys.find(key);
+        if (it == m_keys.end())
+            return std::nullopt;
+        const auto [index, attribute] = it->second;
+        const std::uint64_t base = m_names[index].size;
+        const bool withAttribute = attribute != "VARIABLE_VALUE";
+        const std::uint64_t size = base + (withAttribute ? (base ? 1 : 0) + attribute.size() : 0);
+        if (m_exhausted || size > kMaxGraphNameBytes - m_built) {
+            m_exhausted = true;
+            return std::nullopt;
+        }
+        m_built += size;
+        std::string out(static_cast<std::size_t>(size), '\0');
+        if (withAttribute)
+            attribute.copy(out.data() + size - attribute.size(), attribute.size());
+        if (withAttribute && base)
+            out[static_cast<std::size_t>(base)] = '.';
+        // From the node up: each step adds at least one byte, so this takes at most `base` steps.
+        std::size_t end = static_cast<std::size_t>(base);
+        for (std::size_t k = index; m_names[k].size > 0; k = m_names[k].parent) {
+            const Name& n = m_names[k];
+            end -= n.local.size();
+            n.local.copy(out.data() + end, n.local.size());
+            if (n.dot || m_names[n.parent].size > 0)
+                out[--end] = '.';
+        }
         return out;
-    const auto count = static_cast<std::int64_t>(nodes.size());
-    std::vector<std::optional<std::string>> path(nodes.size());
-    path[0] = std::string();
-    std::deque<std::int64_t> queue{0};
-    while (!queue.empty()) {
-        const std::int64_t id = queue.front();
-        queue.pop_front();
-        for (const auto& [child, local] : nodes[static_cast<std::size_t>(id)].children) {
-            if (child < 0 || child >= count || path[static_cast<std::size_t>(child)])
-                continue;
-            const std::string& parent = *path[static_cast<std::size_t>(id)];
-            path[static_cast<std::size_t>(child)] = parent.empty() ? local : parent + "." + local;
-            queue.push_back(child);
-        }
     }
-    // Slot variables: '<variable>.<slot>'. They win over a path through the optimizer's children.
-    for (const auto& n : nodes)
-        for (const auto& s : n.slots)
-            if (s.original >= 0 && s.original < count && s.slot >= 0 && s.slot < count &&
-                path[static_cast<std::size_t>(s.original)])
-                path[static_cast<std::size_t>(s.slot)] =
-                    *path[static_cast<std::size_t>(s.original)] + "." + s.name;
-    for (std::size_t i = 0; i < nodes.size(); ++i) {
-        if (!path[i])
-            continue;
-        for (const auto& [name, key] : nodes[i].attributes) {
-            if (key.empty())
-                continue;
-            std::string readable = *path[i];
-            if (name != "VARIABLE_VALUE")
-                readable += (readable.empty() ? "" : ".") + name;
-            out.emplace(key, readable);
-        }
+    bool exhausted() const { return m_exhausted; }
+
+private:
+    struct Name {
+        std::size_t parent = 0; // in m_names
+        std::string_view local; // into the graph's nodes
+        bool dot = false;       // '.' before `local` even when the parent's name is empty (slot names)
+        std::uint64_t size = 0; // of the full name
+    };
+    std::int64_t add(std::int64_t parent, std::string_view local, bool dot) {
+        const Name& p = m_names[static_cast<std::size_t>(parent)];
+        const std::uint64_t size = p.size + (dot || p.size > 0 ? 1 : 0) + local.size();
+        m_names.push_back({static_cast<std::size_t>(parent), local, dot, size});
+        return static_cast<std::int64_t>(m_names.size() - 1);
     }
-    return out;
-}
+
+    std::vector<Name> m_names;
+    std::unordered_map<std::string_view, std::pair<std::size_t, std::string_view>>
+        m_keys; // -> name, attribute
+    std::uint64_t m_built = 0;
+    bool m_exhausted = false;
+};
 
 // Names for keys the graph does not name: '/.ATTRIBUTES/VARIABLE_VALUE' dropped, '/' -> '.'.
 std::string nameFromKey(const std::string& key) {
@@ -1056,8 +1113,13 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
         return src;
     };
 
-    std::vector<std::string> keys;                                  // per tensor, for naming afterwards
-    std::vector<std::pair<std::string, const Value*>> stringValues; // key, value
+    // Keys point into `entries`, which outlive them.
+    std::vector<const std::string*> keys; // per tensor, for naming afterwards
+    std::vector<std::pair<const std::string*, const Value*>> stringValues; // key, value
+    std::uint64_t stringBytes = 0; // string tensors decoded, but for the object graph
+    bool stringBudgetNoted = false;
+    std::optional<std::uint64_t> graphAt;
+    int graphSource = 0;
     std::size_t sliceEntries = 0, slicedVariables = 0;
     std::optional<std::vector<GraphNode>> graph;
     ValueArena& arena = *ck->arena;
@@ -1082,7 +1144,7 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
         } catch (const Error& err) {
             t.dtype = DType::Bits8;
             fail(t, err.message(), err.offset());
-            keys.push_back(te.key);
+            keys.push_back(&te.key);
             ck->tensors.push_back(std::move(t));
             continue;
         }
@@ -1098,10 +1160,14 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
         bool overflow = false;
         for (auto d : t.shape)
             overflow = overflow || mulOverflow(numel, static_cast<std::uint64_t>(d), &numel);
+        // Strides count empty dimensions as 1, so they can overflow where the element count (0) does not.
+        bool stridesOverflow = false;
         t.strides.assign(t.shape.size(), 1);
         for (std::size_t k = t.shape.size(); k-- > 1;)
-            t.strides[k - 1] = t.strides[k] * std::max<std::int64_t>(t.shape[k], 1);
-        keys.push_back(te.key);
+            stridesOverflow =
+                stridesOverflow || __builtin_mul_overflow(t.strides[k], std::max<std::int64_t>(t.shape[k], 1),
+                                                          &t.strides[k - 1]);
+        keys.push_back(&te.key);
 
         if (e.slices > 0) {
             ++slicedVariables;
@@ -1126,6 +1192,12 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
         }
         if (overflow) {
             fail(t, "tensor shape " + shapeText(e.shape) + " has more elements than 2^64", te.offset);
+            ck->tensors.push_back(std::move(t));
+            continue;
+        }
+        if (stridesOverflow) {
+            t.strides.assign(t.shape.size(), 0);
+            fail(t, "tensor shape " + shapeText(e.shape) + " is too large for 64-bit strides", te.offset);
             ck->tensors.push_back(std::move(t));
             continue;
         }
@@ -1188,14 +1260,34 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
                 ck->tensors.push_back(std::move(t));
                 continue;
             }
-            if (numel > kMaxStringElements || s.nbytes > kMaxStringTensorBytes) {
+            const bool isGraph = te.key == "_CHECKPOINTABLE_OBJECT_GRAPH";
+            const bool overBudget = !isGraph && s.nbytes > kMaxAllStringBytes - stringBytes;
+            if (numel > kMaxStringElements || s.nbytes > kMaxStringTensorBytes || overBudget) {
                 Value* v = arena.make(ValueKind::Bytes);
                 v->text = "<string tensor " + shapeText(t.shape) + " of " + std::to_string(s.nbytes) +
-                          " bytes, not loaded>";
-                stringValues.emplace_back(te.key, v);
+                          " bytes, not loaded" +
+                          (numel > kMaxStringElements || s.nbytes > kMaxStringTensorBytes
+                               ? std::string()
+                               : ": the bundle's string tensors exceed " +
+                                     std::to_string(kMaxAllStringBytes) + " bytes in all") +
+                          ">";
+                if (overBudget && !stringBudgetNoted) {
+                    stringBudgetNoted = true;
+                    ck->findings.push_back({Severity::Warning,
+                                            "string tensors add up to more than " +
+                                                std::to_string(kMaxAllStringBytes) +
+                                                " bytes; this one and later ones are not loaded",
+                                            te.key,
+                                            {},
+                                            te.offset,
+                                            0});
+                }
+                stringValues.emplace_back(&te.key, v);
                 keys.pop_back();
                 continue;
             }
+            if (!isGraph)
+                stringBytes += s.nbytes;
             const MappedFile& f = *ck->sources[static_cast<std::size_t>(src)].file;
             std::string buf(static_cast<std::size_t>(s.nbytes), '\0');
             if (!f.readAt(s.fileOffset, buf.size(), buf.data()))
@@ -1246,16 +1338,18 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
                              s.fileOffset,
                              src});
                 }
-                std::vector<std::string> strs;
+                std::vector<std::string_view> strs; // into buf
                 std::size_t at = dataAt;
                 for (auto len : lens) {
                     strs.emplace_back(buf.data() + at, static_cast<std::size_t>(len));
                     at += static_cast<std::size_t>(len);
                 }
-                if (te.key == "_CHECKPOINTABLE_OBJECT_GRAPH" && strs.size() == 1) {
+                if (isGraph && strs.size() == 1) {
                     try {
                         const auto* g = reinterpret_cast<const std::uint8_t*>(strs[0].data());
                         graph = parseGraph({g, strs[0].size()}, s.fileOffset + dataAt);
+                        graphAt = s.fileOffset + dataAt;
+                        graphSource = src;
                     } catch (const Error& err) {
                         ck->findings.push_back({Severity::Warning,
                                                 err.message() + "; tensors are named by their keys",
@@ -1265,10 +1359,10 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
                                                 src});
                     }
                 }
-                auto make = [&](const std::string& str) {
+                auto make = [&](std::string_view str) {
                     Value* v;
-                    if (validUtf8(str) && te.key != "_CHECKPOINTABLE_OBJECT_GRAPH") {
-                        v = arena.makeString(str);
+                    if (validUtf8(str) && !isGraph) {
+                        v = arena.makeString(std::string(str));
                     } else {
                         v = arena.make(ValueKind::Bytes);
                         v->text = str;
@@ -1283,7 +1377,7 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
                     for (std::size_t k = 0; k < strs.size() && k < kMaxListedStrings; ++k)
                         v->items.push_back(make(strs[k]));
                 }
-                stringValues.emplace_back(te.key, v);
+                stringValues.emplace_back(&te.key, v);
                 keys.pop_back();
             } catch (const Error& err) {
                 t.typeName = "DT_STRING";
@@ -1311,14 +1405,17 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
     }
 
     // Names.
-    const auto graphNames = graph ? namesFromGraph(*graph) : std::unordered_map<std::string, std::string>{};
+    std::optional<GraphNames> graphNames;
+    if (graph)
+        graphNames.emplace(*graph);
     std::unordered_set<std::string> used;
-    std::unordered_map<std::string, std::string> renamed; // key -> name, for the findings
+    std::unordered_map<std::string_view, std::string> renamed; // key -> name, for the findings
     auto readable = [&](const std::string& key, std::size_t ordinal) {
         std::string name;
-        if (auto it = graphNames.find(key); it != graphNames.end() && !it->second.empty())
-            name = it->second;
-        else
+        if (graphNames)
+            if (auto n = graphNames->name(key))
+                name = std::move(*n);
+        if (name.empty())
             name = nameFromKey(key);
         // Collisions (two keys with one readable name) keep the key itself, then the key and its ordinal.
         if (name.empty() || used.count(name))
@@ -1332,12 +1429,21 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
         return name;
     };
     for (std::size_t k = 0; k < ck->tensors.size(); ++k)
-        ck->tensors[k].name = readable(keys[k], k);
+        ck->tensors[k].name = readable(*keys[k], k);
     for (const auto& [key, v] : stringValues)
-        ck->values.push_back({key == "_CHECKPOINTABLE_OBJECT_GRAPH"
-                                  ? key
-                                  : readable(key, ck->tensors.size() + ck->values.size()),
+        ck->values.push_back({*key == "_CHECKPOINTABLE_OBJECT_GRAPH"
+                                  ? *key
+                                  : readable(*key, ck->tensors.size() + ck->values.size()),
                               v});
+    if (graphNames && graphNames->exhausted())
+        ck->findings.push_back({Severity::Warning,
+                                "names from the object graph add up to more than " +
+                                    std::to_string(kMaxGraphNameBytes) +
+                                    " bytes; the remaining tensors are named by their keys",
+                                "_CHECKPOINTABLE_OBJECT_GRAPH",
+                                {},
+                                graphAt,
+                                graphSource});
     for (auto& f : ck->findings)
         if (auto it = renamed.find(f.object); it != renamed.end())
             f.object = it->second;

@@ -19,9 +19,11 @@
 //                               DT_STRING: varint64 lengths, u32 masked CRC, the bytes
 //   checkpoint                  optional text-format CheckpointState in the directory
 //
-// Limits: blocks up to 256 MiB after decompression, 16 Mi entries, 65536 shards, rank 64, string tensors
-// up to 64 MiB and 1 Mi elements are decoded as values (larger ones are listed with a note), object graph
-// up to 1 Mi nodes. Tensor bytes are never read at open time, except string tensors.
+// Limits: blocks up to 256 MiB after decompression, 16 Mi entries, keys up to 64 KiB each and 64 MiB in all,
+// 65536 shards, rank 64 (strides must fit int64), string tensors up to 64 MiB and 1 Mi elements are decoded
+// as values, up to 64 MiB of them per bundle besides the object graph (others are listed with a note),
+// object graph up to 1 Mi nodes, names from it up to 64 MiB in all (further tensors are named by their
+// keys, with a warning). Tensor bytes are never read at open time, except string tensors.
 //
 // Names: with an object graph (_CHECKPOINTABLE_OBJECT_GRAPH), a variable is named by the first
 // breadth-first path of local names from the root joined with '.', plus '.<attribute>' for attributes other

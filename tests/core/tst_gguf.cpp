@@ -96,6 +96,7 @@ private Q_SLOTS:
     void otherQuantTypesRefused();
     void brokenTensorKeepsOthersReadable();
     void layoutGgmlWouldRefuseWarns();
+    void longKeyWithManyStrings();
 };
 
 void TestGguf::rules_data() {
@@ -203,6 +204,9 @@ void TestGguf::rules_data() {
         row("nested arrays within the cap", b, "ok");
     }
     row("duplicate key", header(0, 2) + kvU32("a", 1) + kvU32("a", 2), "duplicate metadata key 'a'");
+    row("key of 2^16-1 bytes", file({}, {}, {kvU32(std::string(65535, 'k'), 1)}), "ok");
+    row("key longer than the spec's 2^16-1 bytes", header(0, 1) + kvU32(std::string(65536, 'k'), 1),
+        "t.gguf: at byte 24: metadata key 0 is 65536 bytes long; the limit is 65535");
     row("alignment not a power of two", file({}, {}, {kvU32("general.alignment", 48)}),
         "general.alignment must be a u32 power of two; it is the u32 48");
     row("alignment zero", file({}, {}, {kvU32("general.alignment", 0)}),
@@ -632,6 +636,32 @@ void TestGguf::layoutGgmlWouldRefuseWarns() {
                          "llama.cpp refuses such files"));
     QCOMPARE(warnings[1], std::string(": no general.architecture key; llama.cpp requires one"));
     QCOMPARE(ckpt::TensorReader(ck, *ck->findTensor("second")).element(1), 4.0);
+}
+
+void TestGguf::longKeyWithManyStrings() {
+    // The longest key the spec allows, holding an array of two million empty strings: reading it takes time
+    // linear in the file (the key goes into a message only when one is needed).
+    const std::string key(65535, 'k');
+    const std::uint64_t n = 2'000'000;
+    std::string b = header(0, 1);
+    str(b, key);
+    u32(b, 9); // array
+    u32(b, 8); // of strings
+    u64(b, n);
+    b.append(n * 8, '\0'); // n empty strings
+    const auto ck = ckpt::openCheckpointBuffer("s.gguf", b);
+    QCOMPARE(ck->values.size(), std::size_t(1));
+    QCOMPARE(ck->values[0].name, key);
+    const ckpt::Value* list = ck->values[0].value;
+    QCOMPARE(list->items.size(), std::size_t(65));
+    QCOMPARE(list->items[0]->text, std::string());
+    QCOMPARE(list->items[64]->text, std::string("... 1999936 more (2000000 items)"));
+
+    // The last string runs past the end: the message names the key.
+    putU64(b, b.size() - 8, 5);
+    QCOMPARE(openOutcome("s.gguf", b), "s.gguf: at byte " + std::to_string(b.size() - 8) +
+                                           ": string value of '" + key +
+                                           "' of 5 bytes runs past the end of the file (0 bytes left)");
 }
 
 QTEST_GUILESS_MAIN(TestGguf)

@@ -11,6 +11,8 @@
 #include <QTemporaryDir>
 #include <QTest>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -198,6 +200,10 @@ private Q_SLOTS:
     void realFixtureCorrupted();
     void tensorChecksums();
     void realFixturesChecksums();
+    void objectGraphLongChain();
+    void objectGraphNamesCapped();
+    void stringTensorsBudget();
+    void keyLimits();
 };
 
 void TestTfBundle::crc32cKnownValues() {
@@ -302,6 +308,10 @@ void TestTfBundle::malformed_data() {
     row("shape overflow", table(with("w", entry(1, {1ll << 40, 1ll << 40}, 0, 8))), goodShard(),
         "has more elements than 2^64");
     row("negative dim", table(with("w", entry(1, {-1}, 0, 8))), goodShard(), "w: invalid tensor shape [-1]");
+    // No elements, so no byte size to overflow, but the strides of the other dimensions overflow int64.
+    row("strides overflow", table(with("w", entry(1, {0, 1ll << 40, 1ll << 40, 1ll << 40}, 0, 0))),
+        goodShard(),
+        "w: tensor shape [0, 1099511627776, 1099511627776, 1099511627776] is too large for 64-bit strides");
     row("missing shard", table(goodEntries()), "", "b: data shard '");
     row("shard id past shard count", table(with("w", entry(1, {3}, 0, 12, 3))), goodShard(),
         "w: shard_id 3 is outside the bundle's 1 shards");
@@ -652,6 +662,161 @@ void TestTfBundle::realFixturesChecksums() {
         }
     }
     QVERIFY(checked > 5);
+}
+
+namespace {
+
+std::string graphChild(std::size_t id, const std::string& name) {
+    return fieldBytes(1, fieldVarint(1, id) + fieldBytes(2, name));
+}
+std::string graphAttr(const std::string& name, const std::string& key) {
+    return fieldBytes(2, fieldBytes(1, name) + fieldBytes(3, key));
+}
+
+// A bundle of float scalars (all reading the same 4 bytes) and an object graph.
+std::shared_ptr<ckpt::Checkpoint> bundleWithGraph(const std::string& graph,
+                                                  const std::vector<std::string>& keys) {
+    const std::string g = stringTensor({graph});
+    const std::string shard = floats({1.f}) + g;
+    KV kv{{"", header()}, {"_CHECKPOINTABLE_OBJECT_GRAPH", entry(7, {}, 4, g.size())}};
+    for (const auto& k : keys)
+        kv.push_back({k, entry(1, {}, 0, 4)});
+    std::sort(kv.begin(), kv.end());
+    return ckpt::readTfBundle(
+        ckpt::MappedFile::fromBuffer("g.index", buildTable({blockContents(kv)})), "g",
+        [shard](const std::string& path) { return ckpt::MappedFile::fromBuffer(path, shard); });
+}
+
+} // namespace
+
+void TestTfBundle::objectGraphLongChain() {
+    // root -(n)-> 1 -(n)-> 2 ... -(n)-> N-1 [VARIABLE_VALUE: deep]: a name of 2N bytes, built once, where
+    // keeping every node's full path would take N^2 bytes (10 GB here).
+    const std::size_t n = 100'000;
+    std::string graph;
+    for (std::size_t i = 0; i + 1 < n; ++i)
+        graph += fieldBytes(1, graphChild(i + 1, "n"));
+    graph += fieldBytes(1, graphAttr("VARIABLE_VALUE", "deep"));
+    const auto ck = bundleWithGraph(graph, {"deep"});
+    QCOMPARE(ck->tensors.size(), std::size_t(1));
+    std::string expected = "n";
+    for (std::size_t i = 1; i + 1 < n; ++i)
+        expected += ".n";
+    QCOMPARE(ck->tensors[0].name, expected);
+    QVERIFY(ck->formatDetail.find("object graph of 100000 objects") != std::string::npos);
+    QVERIFY(!ck->hasErrors());
+}
+
+void TestTfBundle::objectGraphNamesCapped() {
+    // A chain of 2000 nodes with 1000-byte local names, each node a variable: the names would add up to 2 GB.
+    // Names are built up to 64 MiB in all; the rest of the tensors are named by their keys, with a warning.
+    const std::size_t n = 2000;
+    const std::string local(1000, 'a');
+    std::string graph = fieldBytes(1, graphChild(1, local));
+    std::vector<std::string> keys;
+    for (std::size_t i = 1; i < n; ++i) {
+        char key[16];
+        std::snprintf(key, sizeof key, "k%05zu", i);
+        keys.push_back(key);
+        graph +=
+            fieldBytes(1, (i + 1 < n ? graphChild(i + 1, local) : "") + graphAttr("VARIABLE_VALUE", key));
+    }
+    const auto ck = bundleWithGraph(graph, keys);
+    QCOMPARE(ck->tensors.size(), n - 1);
+    QCOMPARE(ck->tensors.front().name, local);
+    QCOMPARE(ck->tensors[1].name, local + "." + local);
+    QCOMPARE(ck->tensors.back().name, std::string("k01999"));
+    std::size_t named = 0;
+    for (const auto& t : ck->tensors)
+        named += t.name.starts_with(local);
+    QVERIFY(named > 300 && named < 400); // 1001 * k^2 / 2 bytes for the first k
+    bool warned = false;
+    for (const auto& f : ck->findings)
+        warned =
+            warned || (f.severity == ckpt::Severity::Warning &&
+                       f.message == "names from the object graph add up to more than 67108864 bytes; the "
+                                    "remaining tensors are named by their keys");
+    QVERIFY(warned);
+}
+
+void TestTfBundle::stringTensorsBudget() {
+    // Ten string tensors reading the same 20 MiB: three are decoded, the rest listed with a note, so that
+    // entries sharing bytes cannot make memory grow with the number of entries.
+    const std::string str = stringTensor({std::string(20u << 20, 'x')});
+    KV kv{{"", header()}};
+    for (int i = 0; i < 10; ++i)
+        kv.push_back({"s" + std::to_string(i), entry(7, {}, 0, str.size())});
+    const auto ck = ckpt::readTfBundle(
+        ckpt::MappedFile::fromBuffer("s.index", buildTable({blockContents(kv)})), "s",
+        [&str](const std::string& path) { return ckpt::MappedFile::fromBuffer(path, str); });
+    QCOMPARE(ck->values.size(), std::size_t(10));
+    for (std::size_t i = 0; i < 10; ++i) {
+        const auto& v = ck->values[i];
+        QCOMPARE(v.name, "s" + std::to_string(i));
+        if (i < 3) {
+            QCOMPARE(v.value->kind, ckpt::ValueKind::String);
+            QCOMPARE(v.value->text.size(), std::size_t(20u << 20));
+        } else {
+            QCOMPARE(v.value->kind, ckpt::ValueKind::Bytes);
+            QCOMPARE(v.value->text, "<string tensor [] of " + std::to_string(str.size()) +
+                                        " bytes, not loaded: the bundle's string tensors exceed 67108864 "
+                                        "bytes in all>");
+        }
+    }
+    QCOMPARE(ck->findings.size(), std::size_t(1));
+    QCOMPARE(ck->findings[0].severity, ckpt::Severity::Warning);
+    QCOMPARE(ck->findings[0].object, std::string("s3"));
+    QCOMPARE(ck->findings[0].message,
+             std::string("string tensors add up to more than 67108864 bytes; this one and later ones are not "
+                         "loaded"));
+}
+
+void TestTfBundle::keyLimits() {
+    auto open = [](const std::string& block) {
+        try {
+            ckpt::readTfBundle(ckpt::MappedFile::fromBuffer("k.index", buildTable({block})), "k",
+                               [](const std::string&) { return nullptr; });
+            return std::string("ok");
+        } catch (const ckpt::Error& e) {
+            return std::string(e.what());
+        }
+    };
+    const std::string head = varint(0) + varint(0) + varint(header().size()) + header();
+    // One key: 64 KiB allowed, one byte more refused.
+    for (std::size_t size : {std::size_t(64) << 10, (std::size_t(64) << 10) + 1}) {
+        const std::string c =
+            head + varint(0) + varint(size) + varint(0) + std::string(size, 'k') + u32le(0) + u32le(1);
+        const std::string got = open(c);
+        if (size == 64u << 10)
+            QVERIFY2(got.find("keys out of order") == std::string::npos &&
+                         got.find("limit") == std::string::npos,
+                     got.c_str());
+        else
+            QCOMPARE(got, "k.index: at byte " + std::to_string(head.size()) + ": entry at byte " +
+                              std::to_string(head.size()) +
+                              " of data block 0 has a key of 65537 bytes, more than the limit of 65536");
+    }
+    // All keys: 64 KiB keys sharing all but their last 4 bytes cost 9 bytes each; with the index block's
+    // 1-byte separator key, the 1024th passes 64 MiB.
+    std::string c = head;
+    std::size_t crossing = 0;
+    for (std::uint32_t i = 0; i < 1100; ++i) {
+        std::string suffix(4, '\0');
+        for (int k = 0; k < 4; ++k)
+            suffix[static_cast<std::size_t>(k)] = static_cast<char>(i >> (24 - 8 * k));
+        if (i == 1023)
+            crossing = c.size();
+        if (i == 0)
+            c += varint(0) + varint(65536) + varint(0) + std::string(65532, 'k') + suffix;
+        else
+            c += varint(65532) + varint(4) + varint(0) + suffix;
+    }
+    c += u32le(0) + u32le(1);
+    const std::string got = open(c);
+    QCOMPARE(got, "k.index: at byte " + std::to_string(crossing) +
+                      ": the table's keys add up to more than the limit of 67108864 bytes at the entry at "
+                      "byte " +
+                      std::to_string(crossing) + " of data block 0");
 }
 
 QTEST_GUILESS_MAIN(TestTfBundle)
