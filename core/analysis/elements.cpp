@@ -175,6 +175,12 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
                 throw Error(ErrorCode::Malformed, "per-channel quantization parameters are missing", src.path,
                             {}, m_tensor.name);
             const TensorInfo& p = found->second;
+            // PyTorch stores scales and zero points as plain float64 / int64 tensors. A quantized one would
+            // need its own parameters read first, and so on down a chain the file controls.
+            if (p.quant.scheme != QuantInfo::Scheme::None)
+                throw Error(ErrorCode::Malformed,
+                            "per-channel quantization parameters are themselves quantized", src.path, {},
+                            m_tensor.name);
             TensorReader r(m_ck, p);
             if (r.numel() != channels)
                 throw Error(ErrorCode::Malformed,

@@ -3,6 +3,7 @@
 #include "torchpickle.h"
 
 #include "io/bytereader.h"
+#include "io/jsondepth.h"
 #include "io/zipreader.h"
 
 #ifdef CKPT_HAVE_HDF5
@@ -16,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstdio>
@@ -47,6 +49,7 @@ constexpr int kMaxRank = 32;
 constexpr std::uint64_t kMaxReadDataset = 2ull << 30;
 constexpr std::uint64_t kMaxReadTotal = 4ull << 30;
 constexpr std::uint64_t kMaxJson = 64ull << 20;
+constexpr int kMaxJsonDepth = 256;
 constexpr std::uint64_t kMaxInflated = 64ull << 30;
 
 // Where the HDF5 file of a checkpoint lies, for reading it at opening and its datasets later.
@@ -1099,7 +1102,7 @@ bool writeAll(int fd, const char* p, std::size_t n) {
 
 // No sign of progress for this long (the child writes a heartbeat byte per object): taken to hang. A single
 // dataset read (at most 2 GiB, decompressed) must fit in it.
-constexpr int kChildTimeoutMs = 60'000;
+std::atomic<int> g_childTimeoutMs{60'000};
 
 // libhdf5 1.10 is not hardened against hostile files, so it only ever runs in a forked child: `work` runs
 // there and its answer comes back over a pipe, heartbeats removed. A child that dies or hangs becomes an
@@ -1128,12 +1131,13 @@ std::string runIsolated(const std::string& path, std::uint64_t base, const std::
     ::close(fds[1]);
     std::string bytes;
     bool hung = false;
+    const int timeoutMs = g_childTimeoutMs.load();
     try {
         bytes.reserve(expected);
         char buf[1 << 16];
         while (true) {
             pollfd p{fds[0], POLLIN, 0};
-            const int pr = ::poll(&p, 1, kChildTimeoutMs);
+            const int pr = ::poll(&p, 1, timeoutMs);
             if (pr < 0 && errno == EINTR)
                 continue;
             if (pr == 0) {
@@ -1159,7 +1163,9 @@ std::string runIsolated(const std::string& path, std::uint64_t base, const std::
     if (hung)
         throw Error(ErrorCode::Malformed,
                     "libhdf5 did not finish reading the file within " +
-                        std::to_string(kChildTimeoutMs / 1000) + " s: the file is damaged or hostile",
+                        (timeoutMs % 1000 ? std::to_string(timeoutMs) + " ms"
+                                          : std::to_string(timeoutMs / 1000) + " s") +
+                        ": the file is damaged or hostile",
                     path, base);
     if (WIFSIGNALED(status))
         throw Error(ErrorCode::Malformed,
@@ -1379,7 +1385,22 @@ std::shared_ptr<Checkpoint> readKerasZip(std::shared_ptr<const MappedFile> file)
         try {
             const std::string text = zip.read(*e, kMaxJson);
             ck->values.push_back({member, ck->arena->makeString(text)});
-            const auto j = nlohmann::json::parse(text, nullptr, false);
+            if (const auto deep = jsonTooDeep(text, kMaxJsonDepth)) {
+                ck->findings.push_back({Severity::Warning,
+                                        "nests deeper than " + std::to_string(kMaxJsonDepth) +
+                                            " levels at byte " + std::to_string(*deep) +
+                                            " of the member; it is not read further",
+                                        member,
+                                        {},
+                                        e->dataOffset,
+                                        0});
+                continue;
+            }
+            // Only a few top-level fields are shown: deeper values are parsed but not kept, so a config of
+            // tens of MiB does not become gigabytes of JSON nodes.
+            const auto j = nlohmann::json::parse(
+                text, [](int depth, nlohmann::json::parse_event_t, nlohmann::json&) { return depth <= 2; },
+                false);
             const std::string stem = std::string(member).substr(0, std::strlen(member) - 5);
             if (j.is_object()) {
                 for (const char* key : {"keras_version", "date_saved", "class_name"})
@@ -1450,6 +1471,10 @@ std::shared_ptr<Checkpoint> readKerasZip(std::shared_ptr<const MappedFile> file)
     }
     ck->formatDetail = detail + "; model.weights.h5: " + inner;
     return ck;
+}
+
+void setHdf5ReaderTimeout(std::chrono::milliseconds limit) {
+    g_childTimeoutMs = static_cast<int>(std::clamp<std::int64_t>(limit.count(), 1, 3'600'000));
 }
 
 } // namespace ckpt

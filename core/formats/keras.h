@@ -52,6 +52,7 @@
 
 #include "model/checkpoint.h"
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -72,5 +73,9 @@ std::shared_ptr<Checkpoint> readKerasZip(std::shared_ptr<const MappedFile> file)
 // hostile bytes, so its answer is checked as input too; exposed for the fuzz target.
 std::string decodeHdf5ReaderAnswer(const std::string& bytes, Checkpoint& ck, int imageSource,
                                    const std::string& path);
+
+// How long the libhdf5 child may go without progress before it is killed and the file reported (60 s). The
+// fuzz targets shorten it: libhdf5 loops forever on some damaged files, and each input must end quickly.
+void setHdf5ReaderTimeout(std::chrono::milliseconds limit);
 
 } // namespace ckpt

@@ -10,6 +10,7 @@ For every file, `ckpt info`, `ckpt ls` and `ckpt stats` must
   - and leave no trace: the marker file each payload would create (with its absolute path and relative to
     the working folder) does not exist afterwards."""
 
+import collections
 import marshal
 import os
 import struct
@@ -561,6 +562,37 @@ class HostileTest(CkptTestCase):
         self.assertEqual(values["a"], [None, 0, "hello", "world"])
         self.assertEqual(values["c"], "NEWSTRING1")
         self.assertEqual(values["d"], "NEWSTRING2")
+
+    def test_quantization_parameters_that_are_quantized_are_refused(self):
+        """Per-channel scales that are per-channel quantized tensors, 40 deep, each level's scales and zero
+        points the next level: reading t0 would read 2^40 parameter tensors. One clean error instead."""
+        objs = [QuantChain(None)]
+        for _ in range(40):
+            objs.append(QuantChain(objs[-1]))
+        path = os.path.join(self.folder, "quant_chain.pt")
+        torch.save(collections.OrderedDict(("t%d" % i, o) for i, o in enumerate(reversed(objs))), path)
+        proc = self.run_ckpt("stats", path, "t0")
+        self.assert_error_output(proc, path, "quant_chain")
+        self.assertIn("t0: per-channel quantization parameters are themselves quantized",
+                      proc.stderr.decode(errors="replace"))
+        # the last level is an ordinary per-tensor quantized tensor: it reads
+        last = self.ckpt_json("stats", path, "t40")
+        self.assertEqual([t["name"] for t in last["tensors"]], ["t40"])
+
+
+class QuantChain:
+    """Pickles as a quantized tensor whose per-channel parameters are the next QuantChain (PyTorch itself
+    never writes this)."""
+
+    def __init__(self, nxt):
+        self.nxt = nxt
+        self.storage = torch.zeros(2, dtype=torch.int8).storage()
+
+    def __reduce__(self):
+        qp = ((torch.per_channel_affine, self.nxt, self.nxt, 0) if self.nxt is not None
+              else (torch.per_tensor_affine, 1.0, 0))
+        return (torch._utils._rebuild_qtensor,
+                (self.storage, 0, (2,), (1,), qp, False, collections.OrderedDict()))
 
 
 if __name__ == "__main__":

@@ -527,6 +527,33 @@ class KerasTest(CkptTestCase):
         self.assert_error_output(self.run_ckpt("ls", path, timeout=common.MALFORMED_TIMEOUT), path,
                                  "truncated member")
 
+    def test_config_json_deep_or_large(self):
+        """config.json of 60 MiB: nested 60 million levels deep (a warning, the rest of the archive read), or
+        flat with 15 million numbers (read, only its top-level fields kept). Both stay under 600 MB."""
+        cases = {"deep": ("[" * (60 << 20), "config.json: nests deeper than 256 levels at byte 256 of the member"),
+                 "wide": ('{"class_name": "Wide", "config": {"name": "wide", "values": [' +
+                          ",".join(["0"] * (15 << 20)) + "]}}", None)}
+        for what, (config, warning) in cases.items():
+            path = workfile("config_%s.keras" % what)
+            with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+                z.writestr("metadata.json", '{"keras_version": "3.3.3"}')
+                z.writestr("config.json", config)
+                z.writestr("model.weights.h5", self.k3bytes)
+            with self.subTest(case=what):
+                proc = subprocess.run(["/usr/bin/time", "-f", "maxrss %M", common.CKPT, "info", path],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=common.RUN_TIMEOUT)
+                err = proc.stderr.decode(errors="replace")
+                self.assertEqual(proc.returncode, 0, err[-1000:])
+                self.assertLess(int(err.rsplit("maxrss ", 1)[1].split()[0]), 600 * 1024)
+                out = proc.stdout.decode()
+                self.assertIn("metadata.keras_version = '3.3.3'", out)
+                if warning:
+                    self.assertIn(warning, out)
+                else:
+                    self.assertIn("config.class_name = 'Wide'", out)
+                    self.assertIn("config.name = 'wide'", out)
+                self.check_entries(self.ckpt_json("ls", path), self.k3_expected())
+
     def test_corrupted_bytes_never_crash(self):
         """Overwrite bytes, mostly in the metadata at the start of a valid file: ckpt must answer (exit 0 or 2,
         never a signal) in time. libhdf5 1.10 itself crashes on some of these (H5HG_read on a damaged global
