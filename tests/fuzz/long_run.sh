@@ -31,7 +31,7 @@ for t in "$@"; do
   out=$dir/$t
   mkdir -p "$out/corpus"
   timeout=20
-  [ "$t" = keras ] && timeout=0 # each libhdf5 child is bounded by the reader's own limit
+  case $t in keras | checkpoint) timeout=60 ;; esac # an input may start several libhdf5 children
   log=$out/run-$(date +%Y%m%d-%H%M%S).log
   start=$(date +%s)
   set +e
