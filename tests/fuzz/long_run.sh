@@ -32,10 +32,20 @@ for t in "$@"; do
   mkdir -p "$out/corpus"
   timeout=20
   case $t in keras | checkpoint) timeout=60 ;; esac # an input may start several libhdf5 children
+  # the dictionaries as tests/fuzz/CMakeLists.txt maps them
+  dict=
+  case $t in
+    unpickler | torchzip | legacy | torchscript | checkpoint | dcp | zip) dict=torch ;;
+    safetensors | shardindex) dict=safetensors ;;
+    gguf) dict=gguf ;;
+    npy | npz) dict=npy ;;
+  esac
+  dict_option=()
+  [ -n "$dict" ] && dict_option=(-dict="$(dirname "$0")/dict/$dict.dict")
   log=$out/run-$(date +%Y%m%d-%H%M%S).log
   start=$(date +%s)
   set +e
-  /usr/bin/time -o "$out/time" -f "%U %S" "$bin" -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=$timeout -print_final_stats=1 \
+  /usr/bin/time -o "$out/time" -f "%U %S" "$bin" -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=$timeout "${dict_option[@]}" -print_final_stats=1 \
     -artifact_prefix="$out/" "$out/corpus" "$seeds" >"$log" 2>&1
   rc=$?
   set -e
