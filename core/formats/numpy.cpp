@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include <zlib.h>
+
 namespace ckpt {
 namespace {
 
@@ -189,8 +191,10 @@ struct NpyArray {
     std::string version;
 };
 
-// The array in `bytes` (a whole .npy), whose first byte is at absolute offset `base` of `path`.
-NpyArray parseNpy(std::span<const std::uint8_t> bytes, std::uint64_t base, const std::string& path) {
+// The array in `bytes`, whose first byte is at absolute offset `base` of `path`: a whole .npy, or (with
+// `total`, the length of the whole .npy) a prefix of it that holds at least the header.
+NpyArray parseNpy(std::span<const std::uint8_t> bytes, std::uint64_t base, const std::string& path,
+                  std::optional<std::uint64_t> total = {}) {
     ByteReader r(bytes, base, {});
     try {
         if (bytes.size() < 6 || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
@@ -318,9 +322,10 @@ NpyArray parseNpy(std::span<const std::uint8_t> bytes, std::uint64_t base, const
         if (a.problem.empty()) {
             if (mulOverflow(numel, dtypeSize(a.dtype), &a.nbytes))
                 throw Error(ErrorCode::Limit, "npy array's byte size overflows 64 bits", path, textAt);
-            if (a.nbytes > r.remaining())
+            const std::uint64_t follow = total ? *total - std::min(*total, a.dataOffset) : r.remaining();
+            if (a.nbytes > follow)
                 a.problem = "array needs " + std::to_string(a.nbytes) + " bytes of data but only " +
-                            std::to_string(r.remaining()) + " follow its header";
+                            std::to_string(follow) + " follow its header";
         }
         return a;
     } catch (const Error& e) {
@@ -328,6 +333,37 @@ NpyArray parseNpy(std::span<const std::uint8_t> bytes, std::uint64_t base, const
             throw e.withFile(path);
         throw;
     }
+}
+
+// Bytes before the header text: magic, version, and the header length (u16 in 1.0, u32 in 2.0 and 3.0).
+constexpr std::uint64_t kPreamble = 12;
+
+// Where the header of the .npy starting with `head` (its first kPreamble bytes or fewer) ends; head.size()
+// when that cannot be told, or the header is past the limit: parseNpy() says what is wrong.
+std::uint64_t headerEnd(std::string_view head) {
+    if (head.size() < kPreamble || std::memcmp(head.data(), kMagic, sizeof kMagic) != 0 || head[7] != 0)
+        return head.size();
+    const auto b = [&](std::size_t i) {
+        return static_cast<std::uint64_t>(static_cast<std::uint8_t>(head[i]));
+    };
+    std::uint64_t start = 0, hlen = 0;
+    if (head[6] == 1)
+        start = 10, hlen = b(8) | b(9) << 8;
+    else if (head[6] == 2 || head[6] == 3)
+        start = 12, hlen = b(8) | b(9) << 8 | b(10) << 16 | b(11) << 24;
+    else
+        return head.size();
+    return hlen > kMaxHeader ? head.size() : start + hlen;
+}
+
+std::uint32_t crcOf(std::string_view bytes) {
+    uLong crc = crc32(0, nullptr, 0);
+    for (std::size_t at = 0; at < bytes.size();) {
+        const std::size_t n = std::min<std::size_t>(bytes.size() - at, 1u << 30);
+        crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + at), static_cast<uInt>(n));
+        at += n;
+    }
+    return static_cast<std::uint32_t>(crc);
 }
 
 // Element strides of a C- or Fortran-ordered array; false when they overflow (huge dims next to a zero).
@@ -407,10 +443,10 @@ bool looksLikeNpz(const std::shared_ptr<const MappedFile>& file) {
 
 std::shared_ptr<Checkpoint> readNpz(std::shared_ptr<const MappedFile> file) {
     auto ck = newCheckpoint(file, "npz");
-    ZipArchive zip(file);
+    const auto zip = std::make_shared<const ZipArchive>(file);
     const std::string& path = file->path();
     std::size_t compressed = 0;
-    for (const auto& e : zip.entries()) {
+    for (const auto& e : zip->entries()) {
         const std::string name = e.name.ends_with(".npy") ? e.name.substr(0, e.name.size() - 4) : e.name;
         auto broken = [&](const std::string& why, std::optional<std::uint64_t> at) {
             TensorInfo t;
@@ -426,7 +462,7 @@ std::shared_ptr<Checkpoint> readNpz(std::shared_ptr<const MappedFile> file) {
         }
         try {
             if (e.method == 0) {
-                const auto bytes = zip.storedData(e);
+                const auto bytes = zip->storedData(e);
                 addArray(*ck, name, parseNpy(bytes, e.dataOffset, path), 0, e.dataOffset);
                 continue;
             }
@@ -440,10 +476,33 @@ std::shared_ptr<Checkpoint> readNpz(std::shared_ptr<const MappedFile> file) {
             std::uint64_t plausible = 0;
             if (mulOverflow(e.compressedSize, 1032, &plausible) || addOverflow(plausible, 1024, &plausible))
                 plausible = kMaxInflated;
-            std::string bytes = zip.read(e, std::min(plausible, kMaxInflated));
+            const std::uint64_t limit = std::min(plausible, kMaxInflated);
+            // Only the header is inflated now: the magic, version and header length first, then the header.
+            std::string head = zip->readPrefix(e, kPreamble, limit);
+            const std::uint64_t end = headerEnd(head);
+            if (end > head.size())
+                head = zip->readPrefix(e, end, limit);
+            const std::string member = path + ":" + e.name;
+            const NpyArray a = parseNpy({reinterpret_cast<const std::uint8_t*>(head.data()), head.size()}, 0,
+                                        member, e.uncompressedSize);
             ++compressed;
-            auto mem = MappedFile::fromBuffer(path + ":" + e.name, std::move(bytes));
-            const NpyArray a = parseNpy(mem->bytes(), 0, mem->path());
+            // The whole member is inflated when its values are first read, and its errors are the tensor's.
+            // Errors name the file and the member, with the tensor as their object.
+            auto mem = MappedFile::lazy(member, e.uncompressedSize, [zip, e, limit, name]() {
+                std::string bytes;
+                try {
+                    bytes = zip->read(e, limit);
+                } catch (const Error& err) {
+                    throw Error(err.code(), err.message(), err.file(), err.offset(), name);
+                }
+                if (crcOf(bytes) != e.crc32)
+                    throw Error(
+                        ErrorCode::Malformed,
+                        "zip entry '" + e.name +
+                            "' inflates to bytes whose CRC-32 differs from the one the archive records",
+                        zip->file()->path(), e.dataOffset, name);
+                return bytes;
+            });
             const int source = static_cast<int>(ck->sources.size());
             ck->sources.push_back({mem->path(), mem});
             addArray(*ck, name, a, source, 0);
@@ -454,8 +513,8 @@ std::shared_ptr<Checkpoint> readNpz(std::shared_ptr<const MappedFile> file) {
         }
     }
     ck->formatDetail =
-        "NumPy .npz, " + std::to_string(zip.entries().size()) + " arrays" +
-        (compressed ? " (" + std::to_string(compressed) + " compressed, inflated in memory)" : "");
+        "NumPy .npz, " + std::to_string(zip->entries().size()) + " arrays" +
+        (compressed ? " (" + std::to_string(compressed) + " compressed, inflated on demand)" : "");
     return ck;
 }
 

@@ -15,8 +15,11 @@
 // byte size overflow-checked. A bare .npy holds one tensor named "array".
 //
 // .npz: a zip archive of <name>.npy members (np.savez: stored, mapped in place; np.savez_compressed:
-// deflated, inflated into memory as an extra source per member). Tensor names are the member names without
-// ".npy". A member that cannot be read becomes a tensor with an error; the others stay readable.
+// deflated). Of a deflated member only the header is inflated at opening, and its declared size is checked
+// against the header's shape and dtype as a stored member's is; the whole member is inflated, into an extra
+// source per member, when its values are first read, and a stream that is corrupt, of the wrong size or
+// with the wrong CRC-32 is then that tensor's error. Tensor names are the member names without ".npy". A
+// member that cannot be read becomes a tensor with an error; the others stay readable.
 
 #include "model/checkpoint.h"
 

@@ -309,6 +309,14 @@ std::span<const std::uint8_t> ZipArchive::storedData(const ZipEntry& e) const {
 }
 
 std::string ZipArchive::read(const ZipEntry& e, std::uint64_t maxSize) const {
+    return inflateEntry(e, maxSize, std::numeric_limits<std::uint64_t>::max());
+}
+
+std::string ZipArchive::readPrefix(const ZipEntry& e, std::uint64_t n, std::uint64_t maxSize) const {
+    return inflateEntry(e, maxSize, n);
+}
+
+std::string ZipArchive::inflateEntry(const ZipEntry& e, std::uint64_t maxSize, std::uint64_t prefix) const {
     if (e.uncompressedSize > maxSize)
         throw Error(ErrorCode::Limit,
                     "zip entry '" + e.name + "' is " + std::to_string(e.uncompressedSize) + " bytes (limit " +
@@ -316,7 +324,8 @@ std::string ZipArchive::read(const ZipEntry& e, std::uint64_t maxSize) const {
                     m_file->path(), e.localHeaderOffset);
     if (e.method == 0) {
         const auto span = storedData(e);
-        return std::string(reinterpret_cast<const char*>(span.data()), span.size());
+        return std::string(reinterpret_cast<const char*>(span.data()),
+                           static_cast<std::size_t>(std::min<std::uint64_t>(span.size(), prefix)));
     }
     if (!e.problem.empty())
         throw Error(ErrorCode::Malformed, "zip entry '" + e.name + "': " + e.problem, m_file->path(),
@@ -329,10 +338,20 @@ std::string ZipArchive::read(const ZipEntry& e, std::uint64_t maxSize) const {
                         " compressed bytes, more than deflate can produce (at most " +
                         std::to_string(kMaxDeflateRatio) + " bytes per compressed byte)",
                     m_file->path(), e.localHeaderOffset);
+    // A prefix shorter than the entry stops once it is there; otherwise the whole stream is inflated and
+    // must end at exactly the declared size.
+    const bool whole = prefix >= e.uncompressedSize;
     // The buffer grows with the output actually produced, up to one byte past the declared size (which
-    // shows a stream that runs past it): a false size costs no memory of its own.
-    const std::uint64_t cap = e.uncompressedSize + 1;
+    // shows a stream that runs past it): a false size costs no memory of its own. Its capacity is reserved
+    // up front where the allocator agrees: address space only, but growing then copies nothing.
+    const std::uint64_t cap = whole ? e.uncompressedSize + 1 : prefix;
     std::string out;
+    if (whole && cap > (64u << 10)) {
+        try {
+            out.reserve(static_cast<std::size_t>(cap));
+        } catch (const std::bad_alloc&) {
+        }
+    }
     std::uint64_t produced = 0;
     std::uint64_t inLeft = e.compressedSize;
     const Bytef* in = m_file->data() + e.dataOffset;
@@ -350,7 +369,7 @@ std::string ZipArchive::read(const ZipEntry& e, std::uint64_t maxSize) const {
         }
         if (produced == out.size()) {
             if (out.size() == cap)
-                break; // more output than declared
+                break; // the prefix is complete, or more output than declared
             out.resize(static_cast<std::size_t>(
                 std::min<std::uint64_t>(cap, std::max<std::uint64_t>(64u << 10, out.size() * 2))));
         }
@@ -366,7 +385,9 @@ std::string ZipArchive::read(const ZipEntry& e, std::uint64_t maxSize) const {
             break; // no progress: the input ends before the stream does
     }
     inflateEnd(&zs);
-    if (rc != Z_STREAM_END || produced != e.uncompressedSize)
+    const bool ok = whole ? rc == Z_STREAM_END && produced == e.uncompressedSize
+                          : (rc == Z_OK || rc == Z_BUF_ERROR) && produced == prefix;
+    if (!ok)
         throw Error(ErrorCode::Malformed,
                     "zip entry '" + e.name + "' does not inflate to its declared " +
                         std::to_string(e.uncompressedSize) + " bytes",

@@ -56,9 +56,14 @@ public:
     std::span<const std::uint8_t> storedData(const ZipEntry& e) const;
     // The entry's bytes, inflated when deflated; refuses more than `maxSize` bytes of output.
     std::string read(const ZipEntry& e, std::uint64_t maxSize) const;
+    // The entry's first `n` bytes (all of them when it is shorter), inflating no more of the stream than
+    // they need; the same checks of the declared size as read(). A stream that is corrupt or ends before
+    // the prefix (or, for the whole entry, before or after the declared size) throws.
+    std::string readPrefix(const ZipEntry& e, std::uint64_t n, std::uint64_t maxSize) const;
 
 private:
     void parse();
+    std::string inflateEntry(const ZipEntry& e, std::uint64_t maxSize, std::uint64_t prefix) const;
     [[noreturn]] void fail(ErrorCode code, std::uint64_t offset, const std::string& what) const;
 
     std::shared_ptr<const MappedFile> m_file;

@@ -117,6 +117,9 @@ private Q_SLOTS:
     void npz_data();
     void npz();
     void npzKeepsHealthyMembers();
+    void npzInflatesOnDemand();
+    void npzBrokenDeflatedMember_data();
+    void npzBrokenDeflatedMember();
     void everyTruncationFails();
     void randomCorruptionNeverCrashes();
 };
@@ -279,6 +282,103 @@ void TestNumpy::npzKeepsHealthyMembers() {
     QCOMPARE(ck->tensors.size(), std::size_t(3));
     QVERIFY(ck->tensors[0].error.empty());
     QCOMPARE(ckpt::TensorReader(ck, ck->tensors[0]).element(0), 1.0);
+}
+
+namespace {
+// 4096 doubles in a compressible pattern: a dynamic-Huffman deflate stream of several kilobytes.
+std::string patterned() {
+    std::string d;
+    for (int i = 0; i < 4096; ++i) {
+        const double v = (i * 7919) % 13;
+        d.append(reinterpret_cast<const char*>(&v), sizeof v);
+    }
+    return npy("{'descr': '<f8', 'fortran_order': False, 'shape': (4096,), }", d);
+}
+} // namespace
+
+void TestNumpy::npzInflatesOnDemand() {
+    const auto ck =
+        ckpt::openCheckpointBuffer("t.npz", zip({{"w.npy", kGood},
+                                                 {"z.npy", npy("{'descr': '<f4', 'fortran_order': False, "
+                                                               "'shape': (1000, 1000), }",
+                                                               std::string(4000000, '\0'))}},
+                                                true));
+    QVERIFY(!ck->hasErrors());
+    QVERIFY2(ck->formatDetail.find("2 compressed, inflated on demand") != std::string::npos,
+             ck->formatDetail.c_str());
+    QCOMPARE(ck->sources.size(), std::size_t(3));
+    for (std::size_t i = 1; i < 3; ++i)
+        QVERIFY(!ck->sources[i].file->isLoaded());
+    QCOMPARE(ck->sources[2].file->size(), std::uint64_t(128 + 4000000));
+    QCOMPARE(ckpt::TensorReader(ck, ck->tensors[1]).element(999999), 0.0);
+    QVERIFY(ck->sources[2].file->isLoaded());
+    QVERIFY(!ck->sources[1].file->isLoaded());
+    QCOMPARE(ckpt::TensorReader(ck, ck->tensors[0]).element(3), 4.0);
+}
+
+void TestNumpy::npzBrokenDeflatedMember_data() {
+    QTest::addColumn<QByteArray>("bytes");
+    QTest::addColumn<QString>("expected");
+    const std::string good = zip({{"w.npy", kGood}, {"v.npy", patterned()}}, true);
+    const std::size_t central = centralEntry(good, "v.npy");
+    const std::size_t local = static_cast<std::size_t>(static_cast<unsigned char>(good[central + 42])) |
+                              static_cast<std::size_t>(static_cast<unsigned char>(good[central + 43])) << 8;
+    const std::size_t payload = local + 30 + 5;
+    const std::size_t compressedSize = static_cast<std::size_t>(getU16(good, central + 20));
+    QVERIFY(compressedSize > 200);
+    auto row = [](const char* name, const std::string& b, const std::string& expected) {
+        QTest::newRow(name) << QByteArray(b.data(), static_cast<qsizetype>(b.size()))
+                            << QString::fromStdString(expected);
+    };
+    {
+        std::string b = good;
+        for (std::size_t i = compressedSize / 2; i < compressedSize / 2 + 8; ++i)
+            b[payload + i] = static_cast<char>(b[payload + i] ^ 0x5A);
+        row("corrupt deflate stream", b,
+            "t.npz: at byte " + std::to_string(payload) + ": v: zip entry 'v.npy'");
+    }
+    {
+        std::string b = good;
+        b[central + 16] = static_cast<char>(b[central + 16] ^ 1);
+        b[local + 14] = static_cast<char>(b[local + 14] ^ 1);
+        row("wrong CRC-32", b,
+            "t.npz: at byte " + std::to_string(payload) +
+                ": v: zip entry 'v.npy' inflates to bytes whose CRC-32 differs from the one the archive "
+                "records");
+    }
+    {
+        // a declared size past the stream's end, still large enough for the header's shape
+        std::string b = good;
+        putU32(b, central + 24, 128 + 4096 * 8 + 16);
+        putU32(b, local + 22, 128 + 4096 * 8 + 16);
+        row("declared size too large", b,
+            "t.npz: at byte " + std::to_string(payload) +
+                ": v: zip entry 'v.npy' does not inflate to its declared 32912 bytes");
+    }
+}
+
+// A deflated member whose header reads but whose data does not: the archive opens, and reading the values
+// fails with an error naming the file, the member and the tensor; the other member still reads.
+void TestNumpy::npzBrokenDeflatedMember() {
+    QFETCH(QByteArray, bytes);
+    QFETCH(QString, expected);
+    const std::string b = bytes.toStdString();
+    QCOMPARE(QString::fromStdString(openOutcome("t.npz", b)), QString("ok"));
+    const auto ck = ckpt::openCheckpointBuffer("t.npz", b);
+    QCOMPARE(ck->tensors.size(), std::size_t(2));
+    const auto& v = ck->tensors[1];
+    QCOMPARE(v.shape, (std::vector<std::int64_t>{4096}));
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        try {
+            ckpt::TensorReader r(ck, v);
+            r.forEachChunk([](std::span<const double>, std::uint64_t) { return true; });
+            QFAIL("reading the broken member succeeded");
+        } catch (const ckpt::Error& e) {
+            QVERIFY2(std::string(e.what()).find(expected.toStdString()) != std::string::npos, e.what());
+            QCOMPARE(QString::fromStdString(e.object()), QString("v"));
+        }
+    }
+    QCOMPARE(ckpt::TensorReader(ck, ck->tensors[0]).element(3), 4.0);
 }
 
 void TestNumpy::everyTruncationFails() {

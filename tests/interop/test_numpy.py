@@ -2,6 +2,8 @@
 statistics against numpy, Fortran order, big-endian, 0-d, empty, object arrays refused, malformed files."""
 
 import os
+import struct
+import subprocess
 import sys
 import zipfile
 
@@ -167,6 +169,59 @@ class NumpyTest(CkptTestCase):
                 continue
             with self.subTest(tensor=e["name"]):
                 self.assertEqual(data[e["data_offset"]:e["data_offset"] + a.nbytes], a.tobytes())
+
+    def test_npz_compressed_inflated_on_demand(self):
+        """savez_compressed members are inflated when their values are read, not when the file opens."""
+        path = workfile("big_zeros_compressed.npz")
+        big = np.zeros(105_000_000, dtype=np.float32)  # 420 MB inflated, about 400 KB deflated
+        small = np.random.default_rng(9).standard_normal((33, 17)).astype(np.float32)
+        np.savez_compressed(path, big=big, small=small)
+        del big
+        self.assertLess(os.path.getsize(path), 2 << 20)
+        if os.path.exists("/usr/bin/time"):
+            proc = subprocess.run(["/usr/bin/time", "-f", "%M", common.CKPT, "info", path],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=common.RUN_TIMEOUT)
+            self.assertEqual(proc.returncode, 0, proc.stderr.decode(errors="replace")[-2000:])
+            self.assertIn(b"inflated on demand", proc.stdout)
+            peak_kb = int(proc.stderr.decode().strip().split("\n")[-1])
+            self.assertLess(peak_kb, 150 * 1024, "ckpt info peak RSS %d KB" % peak_kb)
+        ls = self.ckpt_json("ls", path)
+        by = {e["name"]: e for e in ls["tensors"]}
+        self.assertEqual(by["big"]["shape"], [105_000_000])
+        self.assertEqual(by["big"]["nbytes"], 420_000_000)
+        st = self.ckpt_json("stats", path, "small")
+        self.assertEqual([e["name"] for e in st["tensors"]], ["small"])
+        msg = stats_mismatch(st["tensors"][0], ref_stats(values_of(small)), common.DEFAULT_BINS)
+        self.assertIsNone(msg, msg)
+        st = self.ckpt_json("stats", path, "big", timeout=common.MALFORMED_TIMEOUT)
+        e = st["tensors"][0]
+        self.assertEqual((e["count"], e["zeros"], e["nan"], e["inf"]), (105_000_000, 105_000_000, 0, 0))
+        self.assertEqual((e["min"], e["max"], e["mean"], e["std"]), (0.0, 0.0, 0.0, 0.0))
+
+    def test_npz_corrupt_deflate_stream(self):
+        """A member whose deflate stream breaks after its header: the file opens, reading it fails cleanly."""
+        path = workfile("corrupt_stream.npz")
+        good = np.arange(10.0)
+        np.savez_compressed(path, good=good, bad=np.random.default_rng(3).standard_normal(100_000))
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("bad.npy")
+        name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+        start = info.header_offset + 30 + name_len + extra_len
+        for i in range(8):
+            data[start + info.compress_size // 2 + i] ^= 0x5A
+        with open(path, "wb") as f:
+            f.write(data)
+        info_json = self.ckpt_json("info", path)
+        self.assertIn("inflated on demand", info_json["format_detail"])
+        ls = self.ckpt_json("ls", path)
+        self.assertEqual({e["name"]: e["shape"] for e in ls["tensors"]}, {"good": [10], "bad": [100_000]})
+        st = self.ckpt_json("stats", path, "good")
+        self.assertIsNone(stats_mismatch(st["tensors"][0], ref_stats(values_of(good)), common.DEFAULT_BINS))
+        proc = self.run_ckpt("stats", path, "bad", timeout=common.MALFORMED_TIMEOUT)
+        self.assert_error_output(proc, path)
+        self.assertIn("'bad.npy'", proc.stderr.decode(errors="replace"))
 
     def test_object_array_refused(self):
         marker = workfile("pwned_marker")
