@@ -4,6 +4,7 @@
 #include "analysis/stats.h"
 #include "formats/keras.h"
 #include "formats/open.h"
+#include "fuzz_common.h"
 #include "io/error.h"
 #include "report/report.h"
 
@@ -22,6 +23,7 @@ extern "C" const char* __asan_default_options() {
 // would make each such input a libFuzzer timeout. Two seconds is ample for the small inputs here.
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
     ckpt::setHdf5ReaderTimeout(std::chrono::seconds(2));
+    ckpt::fuzz::quietForkedChildren();
     return 0;
 }
 

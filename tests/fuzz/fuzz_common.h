@@ -11,10 +11,25 @@
 #include "model/checkpoint.h"
 #include "report/report.h"
 
+#include <csignal>
 #include <cstdint>
+#include <pthread.h>
+#include <sanitizer/common_interface_defs.h>
 #include <string>
 
 namespace ckpt::fuzz {
+
+// libhdf5 runs in forked children (formats/keras.h) because it is not hardened: a crash there is the
+// reader's designed outcome (an error for the file, which the target then exercises), not a finding. A child
+// inherits libFuzzer's death callback and crash handlers, which would write it down as a crash-* artifact of
+// the target; children forget them here and just die. Call from LLVMFuzzerInitialize.
+inline void quietForkedChildren() {
+    pthread_atfork(nullptr, nullptr, [] {
+        __sanitizer_set_death_callback(nullptr);
+        for (int s : {SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE})
+            std::signal(s, SIG_DFL);
+    });
+}
 
 inline void exercise(const CheckpointPtr& ck, const std::string& name) {
     (void)dumpJson(infoJson(*ck, name));

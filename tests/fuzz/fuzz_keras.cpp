@@ -21,6 +21,7 @@ extern "C" const char* __asan_default_options() {
 // would make each such input a libFuzzer timeout. Two seconds is ample for the small inputs here.
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
     ckpt::setHdf5ReaderTimeout(std::chrono::seconds(2));
+    ckpt::fuzz::quietForkedChildren();
     return 0;
 }
 
