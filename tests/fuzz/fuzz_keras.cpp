@@ -8,22 +8,7 @@
 
 #include "formats/keras.h"
 #include "formats/torchpickle.h"
-#include "fuzz_common.h"
-
-// libhdf5 asks for absurd buffers on some damaged files (2^46 bytes for an "on disk image buffer"); in the
-// child process that runs it, a failed allocation is libhdf5's error to report, and the program reports it as
-// an error for the file. In the parent, a failed allocation still ends the run (std::bad_alloc escapes).
-extern "C" const char* __asan_default_options() {
-    return "allocator_may_return_null=1";
-}
-
-// libhdf5 loops forever on some damaged files; the reader kills its child after 60 s without progress, which
-// would make each such input a libFuzzer timeout. Two seconds is ample for the small inputs here.
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    ckpt::setHdf5ReaderTimeout(std::chrono::seconds(2));
-    ckpt::fuzz::quietForkedChildren();
-    return 0;
-}
+#include "libhdf5_children.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size < 1)
