@@ -3,7 +3,7 @@
 #include "torchpickle.h"
 
 #include "io/bytereader.h"
-#include "io/jsondepth.h"
+#include "io/jsontext.h"
 #include "io/zipreader.h"
 
 #ifdef CKPT_HAVE_HDF5

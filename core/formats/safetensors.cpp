@@ -3,7 +3,7 @@
 #include "torchpickle.h"
 
 #include "io/bytereader.h"
-#include "io/jsondepth.h"
+#include "io/jsontext.h"
 
 #include <nlohmann/json.hpp>
 
@@ -26,12 +26,15 @@ constexpr int kMaxDepth = 64;
 using Json = nlohmann::json;
 
 // SAX handler of the first pass: duplicate keys (the first one found, and the depth of its object) and the
-// top-level keys in the header's order. A syntax error stops it; the DOM parse then reports it.
+// top-level keys in the header's order, and the first error: a syntax error, or a number out of range (an
+// exception of another type, which nlohmann's DOM parser would throw past a handler of parse errors).
 struct KeyWatcher : nlohmann::json_sax<Json> {
     std::vector<std::set<std::string, std::less<>>> objects;
     std::vector<std::string> topLevelKeys;
     std::string duplicate;
     int duplicateDepth = 0;
+    std::optional<std::size_t> errorPosition; // bytes read when it stopped
+    std::string error;
 
     bool null() override { return true; }
     bool boolean(bool) override { return true; }
@@ -59,7 +62,10 @@ struct KeyWatcher : nlohmann::json_sax<Json> {
         }
         return true;
     }
-    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    bool parse_error(std::size_t position, const std::string&,
+                     const nlohmann::detail::exception& e) override {
+        errorPosition = position;
+        error = jsonErrorText(e.what());
         return false;
     }
 };
@@ -182,19 +188,17 @@ std::shared_ptr<Checkpoint> readSafetensors(std::shared_ptr<const MappedFile> fi
     const std::vector<std::string>& topLevelKeys = watcher.topLevelKeys;
     const std::string& duplicate = watcher.duplicate;
     const int duplicateDepth = watcher.duplicateDepth;
-    Json header;
-    try {
-        header = Json::parse(text.begin(), text.end());
-    } catch (const Json::parse_error& e) {
-        std::string what = e.what();
-        if (const auto p = what.find("] "); what.starts_with("[json.exception") && p != std::string::npos)
-            what = what.substr(p + 2);
-        const std::uint64_t at = e.byte > 0 ? 8 + std::min<std::uint64_t>(e.byte - 1, n) : 8;
+    if (watcher.errorPosition) {
+        const std::size_t read = *watcher.errorPosition;
+        const std::uint64_t at = read > 0 ? 8 + std::min<std::uint64_t>(read - 1, n) : 8;
+        const std::string& what = watcher.error;
         const bool utf8 = what.find("UTF-8") != std::string::npos || what.find("utf-8") != std::string::npos;
         throw Error(ErrorCode::Malformed,
                     std::string(utf8 ? "invalid UTF-8 in header: " : "invalid JSON in header: ") + what, path,
                     at);
     }
+    // The same text the watcher read to its end: no syntax or range error is left for this parse to find.
+    const Json header = Json::parse(text.begin(), text.end());
     if (!duplicate.empty())
         throw Error(ErrorCode::Malformed,
                     "invalid JSON in header: key '" + duplicate + "' appears twice" +

@@ -4,7 +4,7 @@
 #include "torchpickle.h"
 
 #include "io/error.h"
-#include "io/jsondepth.h"
+#include "io/jsontext.h"
 
 #include <nlohmann/json.hpp>
 
@@ -114,9 +114,7 @@ CheckpointPtr tryOpenShardIndex(const std::string& path) {
     try {
         index = Json::parse(text.begin(), text.end());
     } catch (const Json::exception& e) {
-        std::string what = e.what();
-        if (const auto p = what.find("] "); what.starts_with("[json.exception") && p != std::string::npos)
-            what = what.substr(p + 2);
+        const std::string what = jsonErrorText(e.what());
         std::optional<std::uint64_t> at;
         if (const auto* pe = dynamic_cast<const Json::parse_error*>(&e); pe && pe->byte > 0)
             at = pe->byte - 1;

@@ -76,6 +76,15 @@ void TestSafetensors::cases_data() {
     row("invalid JSON", st(R"({"x":{"dtype":"F32",,}})"),
         "t.st: at byte 28: invalid JSON in header: parse error at line 1, column 21: syntax error");
     row("trailing garbage after the JSON", st(one + "x", floats({1, 2})), "invalid JSON in header");
+    // nlohmann reports these with an exception of its own type (out_of_range), not a parse error; the message
+    // quotes the token, cut when it is long; the place is the last byte of the number (8 + 33, 8 + 10026).
+    row("number out of range",
+        st(R"({"x":{"dtype":"F32","shape":[1e400],"data_offsets":[0,4]}})", floats({1})),
+        "t.st: at byte 41: invalid JSON in header: number overflow parsing '1e400'");
+    row("number out of range, ten thousand digits",
+        st(R"({"__metadata__":{"a":)" + std::string(10'000, '5') + "e99999}}"),
+        "t.st: at byte 10034: invalid JSON in header: number overflow parsing '" + std::string(175, '5') +
+            "...");
     row("invalid UTF-8", st("{\"x\xff\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}"),
         "invalid UTF-8 in header");
     row("duplicate key",

@@ -106,6 +106,8 @@ void TestShardIndex::cases_data() {
         "shard index: \"weight_map\" is not an object");
     row("invalid JSON", R"({"weight_map": {"a": }})", true,
         "shard index is not valid JSON: parse error at line 1");
+    row("number out of range", R"({"metadata": {"n": 1e400}, "weight_map": {}})", true,
+        "shard index is not valid JSON: number overflow parsing '1e400'");
     row("index names itself", R"({"weight_map": {"a": "model.safetensors.index.json"}})", true,
         "shard file 'model.safetensors.index.json' cannot be read");
     row("shard unreadable", R"({"weight_map": {"a": "junk.bin"}})", true,
