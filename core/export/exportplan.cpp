@@ -1,6 +1,7 @@
 #include "exportplan.h"
 
 #include "io/error.h"
+#include "io/utf8.h"
 #include "report/report.h"
 
 #include <algorithm>
@@ -232,6 +233,13 @@ ExportPlan buildExportPlan(const Checkpoint& ck, const ExportOptions& o) {
                                   newName + "'");
         if (newName.empty())
             plan.errors.push_back("'" + srcName + "' would be written with an empty name");
+        // Names are text in both formats (a pickle's str, a JSON key): bytes that are not UTF-8 would make a
+        // file that torch.load and safetensors refuse.
+        else if (!isValidUtf8(newName))
+            plan.errors.push_back(
+                "'" + srcName + "'" +
+                (newName == srcName ? "" : " would be written as '" + newName + "', which") +
+                " is not valid UTF-8; rename it (--rename) or exclude it");
     };
 
     std::size_t castCount = 0;
@@ -296,6 +304,8 @@ ExportPlan buildExportPlan(const Checkpoint& ck, const ExportOptions& o) {
         pv.source = static_cast<int>(i);
         pv.name = metadata ? v.name : renamer.apply(v.name, container);
         claim(pv.name, v.name);
+        if (v.value && v.value->kind == ValueKind::String && !isValidUtf8(v.value->text))
+            plan.errors.push_back("'" + v.name + "' is text that is not valid UTF-8; exclude it");
         plan.values.push_back(std::move(pv));
     }
     if (droppedValues && !ck.values.empty())

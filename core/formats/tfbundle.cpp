@@ -3,6 +3,7 @@
 #include "torchpickle.h" // newCheckpoint()
 
 #include "io/bytereader.h"
+#include "io/utf8.h"
 
 #include <algorithm>
 #include <array>
@@ -804,21 +805,6 @@ std::string shardPath(const std::string& prefix, std::int64_t id, std::int64_t c
     return prefix + buf;
 }
 
-bool validUtf8(std::string_view s) {
-    std::size_t i = 0;
-    while (i < s.size()) {
-        const auto c = static_cast<unsigned char>(s[i]);
-        std::size_t n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : 99;
-        if (n == 99 || i + n >= s.size() + (n ? 0 : 1))
-            return false;
-        for (std::size_t k = 1; k <= n; ++k)
-            if (i + k >= s.size() || (static_cast<unsigned char>(s[i + k]) >> 6) != 2)
-                return false;
-        i += n + 1;
-    }
-    return true;
-}
-
 // ---- the checkpoint state file
 // ----------------------------------------------------------------------------------
 
@@ -1361,7 +1347,7 @@ std::shared_ptr<Checkpoint> readTfBundle(std::shared_ptr<const MappedFile> index
                 }
                 auto make = [&](std::string_view str) {
                     Value* v;
-                    if (validUtf8(str) && !isGraph) {
+                    if (isValidUtf8(str) && !isGraph) {
                         v = arena.makeString(std::string(str));
                     } else {
                         v = arena.make(ValueKind::Bytes);

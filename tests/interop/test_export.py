@@ -488,6 +488,38 @@ class ExportTest(CkptTestCase):
         self.assertIn("the destination folder '%s' does not exist" % workfile("no_such_dir"), proc.stderr.decode())
         self.assertEqual(sha256(src), before)
 
+    def test_names_and_text_that_are_not_utf8(self):
+        """GGUF names and strings are raw bytes; PyTorch's str and safetensors' JSON need UTF-8, so such a name
+        or kept string is refused before anything is written, and a --rename makes a file torch.load reads."""
+        from test_gguf import STRING, build_gguf
+        bad = b"bad\xffname"
+        with self.assertRaises(UnicodeDecodeError):
+            bad.decode("utf-8")
+        src = workfile("not_utf8.gguf")
+        with open(src, "wb") as f:
+            f.write(build_gguf([("general.note", STRING, b"caf\xe9")],
+                               [(bad, [2], "f32", struct.pack("<2f", 1, 2)),
+                                ("good", [2], "f32", struct.pack("<2f", 3, 4))]))
+        shown = bad.decode("utf-8", errors="replace")
+        for dst in ("not_utf8_out.pt", "not_utf8_out.safetensors"):
+            out = workfile(dst)
+            if os.path.exists(out):
+                os.unlink(out)
+            proc = self.export(src, out, expect_rc=2)  # stderr: a note that values were left out, the error
+            self.assertIn("\nckpt: %s: '%s' is not valid UTF-8; rename it (--rename) or exclude it\n" % (src, shown),
+                          proc.stderr.decode(errors="replace"))
+            self.assertFalse(os.path.exists(out))
+            proc = self.export(src, out, "--rename", "bad.name=bad_name", "--keep-values", expect_rc=2)
+            self.assertEqual(proc.stderr.decode(errors="replace"),
+                             "ckpt: %s: 'general.note' is text that is not valid UTF-8; exclude it\n" % src)
+            self.assertFalse(os.path.exists(out))
+        out = workfile("not_utf8_out.pt")
+        self.export(src, out, "--rename", "bad.name=bad_name")
+        sd = torch.load(out)
+        self.assertEqual(list(sd), ["bad_name", "good"])
+        self.assertTrue(torch.equal(sd["bad_name"], torch.tensor([1.0, 2.0])))
+        self.assertTrue(torch.equal(sd["good"], torch.tensor([3.0, 4.0])))
+
     def test_not_enough_space(self):
         """A 256 KiB tmpfs in a private mount namespace (unprivileged user namespaces) for the destination."""
         src = workfile("space_src.pt")
