@@ -161,7 +161,8 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
                         m_tensor.name);
     }
 
-    if (m_tensor.quant.scheme == QuantInfo::Scheme::PerChannelAffine) {
+    // An empty tensor has no element to dequantize (and its axis size is not bounded by any data).
+    if (m_tensor.quant.scheme == QuantInfo::Scheme::PerChannelAffine && m_numel > 0) {
         const auto& q = m_tensor.quant;
         const auto axis = static_cast<std::size_t>(q.axis);
         if (axis >= m_tensor.shape.size())
@@ -186,6 +187,19 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
                 throw Error(ErrorCode::Malformed,
                             "per-channel quantization parameters do not match the axis size", src.path, {},
                             m_tensor.name);
+            // One value per channel is copied out: the file must hold that many (a stride-0 tensor would
+            // declare any number of them over one stored value).
+            const std::uint64_t stored =
+                p.storage >= 0 && static_cast<std::size_t>(p.storage) < m_ck->storages.size()
+                    ? m_ck->storages[static_cast<std::size_t>(p.storage)].nbytes /
+                          std::max<std::size_t>(1, dtypeSize(p.dtype))
+                    : 0;
+            if (channels > stored)
+                throw Error(ErrorCode::Malformed,
+                            "per-channel quantization parameters declare " + std::to_string(channels) +
+                                " channels but their storage holds " + std::to_string(stored) +
+                                (stored == 1 ? " value" : " values"),
+                            src.path, {}, m_tensor.name);
             out.resize(channels);
             for (std::uint64_t i = 0; i < channels; ++i)
                 out[i] = static_cast<std::remove_reference_t<decltype(out[0])>>(r.element(i));

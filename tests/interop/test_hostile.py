@@ -579,6 +579,38 @@ class HostileTest(CkptTestCase):
         last = self.ckpt_json("stats", path, "t40")
         self.assertEqual([t["name"] for t in last["tensors"]], ["t40"])
 
+    def test_quantization_parameters_declaring_more_channels_than_stored(self):
+        """Per-channel scales and zero points of 2^60 elements with stride 0 over one stored value each: the
+        reader copied one value per channel (an allocation of 2^63 bytes). PyTorch itself writes them
+        contiguous. Refused by what the storage holds; an empty tensor over such an axis reads (no element)."""
+        n = 1 << 60
+
+        def qtensor(size, stride, axis):
+            p = PickleWriter()
+            p.empty_dict().mark().str("q")
+            p.glob("torch._utils", "_rebuild_qtensor").mark()
+            p.mark().str("storage").glob("torch", "QInt8Storage").str("0").str("cpu").int(1).tuple().persid()
+            p.int(0).ints_tuple(size).ints_tuple(stride)
+            p.mark().glob("torch", "per_channel_affine")
+            p.tensor("1", "DoubleStorage", 1, 0, [n], [0])
+            p.tensor("2", "LongStorage", 1, 0, [n], [0])
+            p.int(axis).tuple()
+            p.bool(False).glob("collections", "OrderedDict").empty_tuple().reduce()
+            p.tuple().reduce().setitems()
+            return p.stop()
+
+        records = [("0", b"\x01"), ("1", struct.pack("<d", 0.5)), ("2", struct.pack("<q", 0))]
+        path = os.path.join(self.folder, "quant_stride0.pt")
+        write_torch_zip(path, qtensor([n], [0], 0), records)
+        proc = self.run_ckpt("stats", path, "q")
+        self.assert_error_output(proc, path, "quant_stride0")
+        self.assertIn("q: per-channel quantization parameters declare %d channels but their storage holds 1 "
+                      "value\n" % n, proc.stderr.decode(errors="replace"))
+        path = os.path.join(self.folder, "quant_stride0_empty.pt")
+        write_torch_zip(path, qtensor([0, n], [0, 0], 1), records)
+        stats = self.ckpt_json("stats", path, "q")["tensors"]
+        self.assertEqual([(t["name"], t["shape"], t["count"]) for t in stats], [("q", [0, n], 0)])
+
 
 class QuantChain:
     """Pickles as a quantized tensor whose per-channel parameters are the next QuantChain (PyTorch itself
