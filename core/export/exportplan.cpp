@@ -175,6 +175,10 @@ bool exportPatternMatch(const std::string& pattern, const std::string& name) {
     return globMatch(pattern, name);
 }
 
+std::string safetensorsMetadataText(const Value* v) {
+    return v && v->kind == ValueKind::String ? v->text : valueRepr(v, 1u << 20);
+}
+
 ExportPlan buildExportPlan(const Checkpoint& ck, const ExportOptions& o) {
     ExportPlan plan;
     // Compile the patterns once (a bad one throws here, before any work).
@@ -266,6 +270,9 @@ ExportPlan buildExportPlan(const Checkpoint& ck, const ExportOptions& o) {
         }
         p.nbytes = dtypeNbytes(p.dtype, t.numel());
         claim(p.name, t.name);
+        if (o.format == ExportFormat::Torch && !isValidUtf8(p.device))
+            plan.errors.push_back("'" + t.name + "' would be written on device '" + p.device +
+                                  "', which is not valid UTF-8; map it (--map-location)");
         if (!t.error.empty())
             plan.errors.push_back("'" + t.name + "' cannot be read: " + t.error);
         else if (t.storage < 0 || t.layout != Layout::Strided)
@@ -304,7 +311,9 @@ ExportPlan buildExportPlan(const Checkpoint& ck, const ExportOptions& o) {
         pv.source = static_cast<int>(i);
         pv.name = metadata ? v.name : renamer.apply(v.name, container);
         claim(pv.name, v.name);
-        if (v.value && v.value->kind == ValueKind::String && !isValidUtf8(v.value->text))
+        if (o.format == ExportFormat::Safetensors
+                ? !isValidUtf8(safetensorsMetadataText(v.value))
+                : v.value && v.value->kind == ValueKind::String && !isValidUtf8(v.value->text))
             plan.errors.push_back("'" + v.name + "' is text that is not valid UTF-8; exclude it");
         plan.values.push_back(std::move(pv));
     }

@@ -79,6 +79,9 @@ std::optional<DType> castTargetFromName(const std::string& name);
 // Glob or `re:` pattern match, as the selection rules use it. Throws Error(Malformed) on a bad regex.
 bool exportPatternMatch(const std::string& pattern, const std::string& name);
 
+// The text a kept value is written as in a safetensors header's __metadata__ (which holds strings only).
+std::string safetensorsMetadataText(const Value* v);
+
 // Never throws for a bad selection: problems land in ExportPlan::errors so a preview can show them. Throws
 // Error(Malformed) for an invalid regular expression.
 ExportPlan buildExportPlan(const Checkpoint& checkpoint, const ExportOptions& options);

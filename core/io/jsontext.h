@@ -4,6 +4,8 @@
 // of its own, but destroying, copying and dumping a value recurse once per level), and the parser's messages
 // made fit to show.
 
+#include "utf8.h"
+
 #include <cstddef>
 #include <optional>
 #include <string>
@@ -47,10 +49,7 @@ inline std::string jsonErrorText(std::string_view what, std::size_t limit = 200)
         what.remove_prefix(p + 2);
     if (what.size() <= limit)
         return std::string(what);
-    std::size_t cut = limit;
-    while (cut > 0 && (static_cast<unsigned char>(what[cut]) & 0xC0) == 0x80)
-        --cut;
-    return std::string(what.substr(0, cut)) + "...";
+    return std::string(utf8Prefix(what, limit)) + "...";
 }
 
 } // namespace ckpt

@@ -3,6 +3,7 @@
 // UTF-8 as RFC 3629 defines it: no overlong forms, no UTF-16 surrogates, nothing past U+10FFFF. This is what
 // safetensors' JSON (nlohmann, serde_json) accepts; names that pass can be written as text to every format.
 
+#include <cstddef>
 #include <string_view>
 
 namespace ckpt {
@@ -45,6 +46,17 @@ inline bool isValidUtf8(std::string_view s) {
         i += n + 1;
     }
     return true;
+}
+
+// The longest prefix of `s` of at most `maxLen` bytes that does not end inside a multi-byte character, so
+// that cutting valid UTF-8 keeps it valid.
+inline std::string_view utf8Prefix(std::string_view s, std::size_t maxLen) {
+    if (s.size() <= maxLen)
+        return s;
+    std::size_t cut = maxLen;
+    while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80)
+        --cut;
+    return s.substr(0, cut);
 }
 
 } // namespace ckpt

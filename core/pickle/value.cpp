@@ -1,6 +1,7 @@
 #include "value.h"
 
 #include "io/error.h"
+#include "io/utf8.h"
 
 #include <cmath>
 #include <cstdio>
@@ -174,7 +175,7 @@ void repr(const Value* v, std::string& out, std::size_t maxLen, int depth) {
         return;
     case ValueKind::String:
         out += "'";
-        out += v->text.substr(0, maxLen);
+        out += utf8Prefix(v->text, maxLen);
         out += "'";
         return;
     case ValueKind::Bytes:
@@ -234,7 +235,7 @@ std::string valueRepr(const Value* v, std::size_t maxLen) {
     std::string out;
     repr(v, out, maxLen, 0);
     if (out.size() > maxLen)
-        out = out.substr(0, maxLen) + "...";
+        out = std::string(utf8Prefix(out, maxLen)) + "...";
     return out;
 }
 

@@ -76,6 +76,11 @@ void TestUtf8::knownSequences() {
     QVERIFY(!ckpt::isValidUtf8("\xF4\x90\x80\x80")); // U+110000
     QVERIFY(!ckpt::isValidUtf8("bad\xFFname"));
     QVERIFY(!ckpt::isValidUtf8("\xE2\x84")); // cut short
+    // Cuts: never inside a character.
+    QCOMPARE(ckpt::utf8Prefix("a\xC3\xA9", 2), std::string_view("a"));
+    QCOMPARE(ckpt::utf8Prefix("a\xC3\xA9", 3), std::string_view("a\xC3\xA9"));
+    QCOMPARE(ckpt::utf8Prefix("\xF0\x9F\x98\x80z", 3), std::string_view(""));
+    QCOMPARE(ckpt::utf8Prefix("abc", 2), std::string_view("ab"));
 }
 
 QTEST_GUILESS_MAIN(TestUtf8)

@@ -513,6 +513,26 @@ class ExportTest(CkptTestCase):
             self.assertEqual(proc.stderr.decode(errors="replace"),
                              "ckpt: %s: 'general.note' is text that is not valid UTF-8; exclude it\n" % src)
             self.assertFalse(os.path.exists(out))
+        # A safetensors header's __metadata__ holds every kept value as text: a list of raw bytes is refused,
+        # and a long list of valid text is cut at a character boundary, so the header stays valid JSON.
+        from test_gguf import ARRAY
+        good = [("w", [2], "f32", struct.pack("<2f", 5, 6))]
+        meta_src = workfile("not_utf8_meta.gguf")
+        with open(meta_src, "wb") as f:
+            f.write(build_gguf([("__metadata__.x", ARRAY, (STRING, [b"\xff\xfe"]))], good))
+        out = workfile("not_utf8_meta.safetensors")
+        proc = self.export(meta_src, out, expect_rc=2)
+        self.assertEqual(proc.stderr.decode(errors="replace"),
+                         "ckpt: %s: '__metadata__.x' is text that is not valid UTF-8; exclude it\n" % meta_src)
+        self.assertFalse(os.path.exists(out))
+        with open(meta_src, "wb") as f:
+            f.write(build_gguf([("__metadata__.x", ARRAY, (STRING, ["a" + "\u00e9" * 600_000]))], good))
+        self.export(meta_src, out)
+        tensors, meta = read_safetensors(out)  # decodes the header as UTF-8 JSON
+        self.assertTrue(torch.equal(tensors["w"], torch.tensor([5.0, 6.0])))
+        self.assertTrue(meta["x"].startswith("['a\u00e9\u00e9"))
+        self.assertTrue(meta["x"].endswith("\u00e9..."))
+
         out = workfile("not_utf8_out.pt")
         self.export(src, out, "--rename", "bad.name=bad_name")
         sd = torch.load(out)
