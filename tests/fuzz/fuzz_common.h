@@ -1,11 +1,14 @@
 #pragma once
 
-// What every fuzz target does with a checkpoint that opened: both JSON reports, and statistics of every
-// tensor small enough to keep one run fast (the reading code is the same for the larger ones). A clean
-// ckpt::Error from a tensor is an expected outcome; anything else (a crash, a sanitizer report, another
-// exception escaping) is a finding.
+// What every fuzz target does with a checkpoint that opened: both JSON reports, statistics of every tensor
+// small enough to keep one run fast (the reading code is the same for the larger ones), and the plan and
+// layout of an export of everything to each format (what `ckpt export --dry-run` and the export dialog's
+// preview compute: selection, names, the safetensors header). A clean ckpt::Error is an expected outcome;
+// anything else (a crash, a sanitizer report, another exception escaping) is a finding.
 
 #include "analysis/stats.h"
+#include "export/exporter.h"
+#include "export/exportplan.h"
 #include "io/error.h"
 #include "io/mappedfile.h"
 #include "model/checkpoint.h"
@@ -39,6 +42,15 @@ inline void exercise(const CheckpointPtr& ck, const std::string& name) {
             continue;
         try {
             (void)computeStats(ck, t, 8);
+        } catch (const Error&) {
+        }
+    }
+    for (const ExportFormat format : {ExportFormat::Torch, ExportFormat::Safetensors}) {
+        ExportOptions options;
+        options.format = format;
+        options.keepValues = true;
+        try {
+            (void)describeExport(*ck, buildExportPlan(*ck, options), options);
         } catch (const Error&) {
         }
     }
