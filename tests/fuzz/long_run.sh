@@ -42,15 +42,16 @@ for t in "$@"; do
   esac
   dict_option=()
   [ -n "$dict" ] && dict_option=(-dict="$(dirname "$0")/dict/$dict.dict")
-  log=$out/run-$(date +%Y%m%d-%H%M%S).log
+  run=$out/run-$(date +%Y%m%d-%H%M%S)-$$
+  log=$run.log
   start=$(date +%s)
   set +e
-  /usr/bin/time -o "$out/time" -f "%U %S" "$bin" -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=$timeout "${dict_option[@]}" -print_final_stats=1 \
+  /usr/bin/time -o "$run.time" -f "%U %S" "$bin" -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=$timeout "${dict_option[@]}" -print_final_stats=1 \
     -artifact_prefix="$out/" "$out/corpus" "$seeds" >"$log" 2>&1
   rc=$?
   set -e
   took=$(($(date +%s) - start))
-  cpu=$(tail -1 "$out/time" | awk '{ printf "%d", $1 + $2 }')
+  cpu=$(tail -1 "$run.time" | awk '{ printf "%d", $1 + $2 }')
   # libFuzzer's last status line ("#N DONE cov: C ft: F corp: K/S ...") and its final statistics
   last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
   cov=$(sed -nE 's/.* cov: ([0-9]+).*/\1/p' <<<"$last")
