@@ -521,6 +521,8 @@ class ExportTest(CkptTestCase):
         with open(meta_src, "wb") as f:
             f.write(build_gguf([("__metadata__.x", ARRAY, (STRING, [b"\xff\xfe"]))], good))
         out = workfile("not_utf8_meta.safetensors")
+        if os.path.exists(out):  # from an earlier run of this test
+            os.unlink(out)
         proc = self.export(meta_src, out, expect_rc=2)
         self.assertEqual(proc.stderr.decode(errors="replace"),
                          "ckpt: %s: '__metadata__.x' is text that is not valid UTF-8; exclude it\n" % meta_src)
