@@ -902,7 +902,7 @@ std::string safetensorsHeader(const Checkpoint& ck, const ExportPlan& plan, cons
     for (const PlannedValue& pv : plan.values) {
         const Value* v = ck.values[static_cast<std::size_t>(pv.source)].value;
         const std::string key = pv.name.rfind("__metadata__.", 0) == 0 ? pv.name.substr(13) : pv.name;
-        meta[key] = safetensorsMetadataText(v);
+        meta[key] = keptValueText(v);
     }
     // The object is written member by member: the plan's names are unique already, and an ordered_json of
     // 100,000 members would be built by a linear search per insertion.

@@ -175,7 +175,7 @@ bool exportPatternMatch(const std::string& pattern, const std::string& name) {
     return globMatch(pattern, name);
 }
 
-std::string safetensorsMetadataText(const Value* v) {
+std::string keptValueText(const Value* v) {
     return v && v->kind == ValueKind::String ? v->text : valueRepr(v, 1u << 20);
 }
 
@@ -311,9 +311,7 @@ ExportPlan buildExportPlan(const Checkpoint& ck, const ExportOptions& o) {
         pv.source = static_cast<int>(i);
         pv.name = metadata ? v.name : renamer.apply(v.name, container);
         claim(pv.name, v.name);
-        if (o.format == ExportFormat::Safetensors
-                ? !isValidUtf8(safetensorsMetadataText(v.value))
-                : v.value && v.value->kind == ValueKind::String && !isValidUtf8(v.value->text))
+        if (!isValidUtf8(keptValueText(v.value)))
             plan.errors.push_back("'" + v.name + "' is text that is not valid UTF-8; exclude it");
         plan.values.push_back(std::move(pv));
     }

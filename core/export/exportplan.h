@@ -79,8 +79,9 @@ std::optional<DType> castTargetFromName(const std::string& name);
 // Glob or `re:` pattern match, as the selection rules use it. Throws Error(Malformed) on a bad regex.
 bool exportPatternMatch(const std::string& pattern, const std::string& name);
 
-// The text a kept value is written as in a safetensors header's __metadata__ (which holds strings only).
-std::string safetensorsMetadataText(const Value* v);
+// A kept value as text: a string's own, any other value's repr. A safetensors header's __metadata__ holds
+// these; a PyTorch export writes strings (the only kept values with text of their own) as Python str.
+std::string keptValueText(const Value* v);
 
 // Never throws for a bad selection: problems land in ExportPlan::errors so a preview can show them. Throws
 // Error(Malformed) for an invalid regular expression.

@@ -6,9 +6,9 @@
 #   tests/fuzz/long_run.sh [-s SECONDS] [-d DIR] [-b BUILD] TARGET...     (TARGET: zip, unpickler, ...)
 #
 # DIR (default fuzz-runs) keeps DIR/<target>/corpus between runs, so a second run continues the first;
-# DIR/<target>/crash-*, leak-*, timeout-*, oom-* are findings (slow-unit-* are not: a busy machine makes them). The targets run one after the other; start
-# the script once per target for parallel runs: N runs of S seconds on C cores give each about S*C/N CPU
-# seconds.
+# DIR/<target>/crash-*, leak-*, timeout-*, oom-* are findings (slow-unit-* are not: a busy machine makes
+# them). The targets run one after the other; start the script once per target for parallel runs: N runs
+# of S seconds on C cores give each about S*C/N CPU seconds.
 set -euo pipefail
 seconds=3600
 dir=fuzz-runs
