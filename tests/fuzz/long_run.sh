@@ -3,7 +3,11 @@
 # row of the table in tests/fuzz/README.md per target: wall seconds, CPU seconds (user + system, children
 # included), executions, executions per second, coverage, features, corpus, peak RSS, findings.
 #
-#   tests/fuzz/long_run.sh [-s SECONDS] [-d DIR] [-b BUILD] TARGET...     (TARGET: zip, unpickler, ...)
+#   tests/fuzz/long_run.sh [-s SECONDS | -c CPU_SECONDS] [-d DIR] [-b BUILD] TARGET...   (TARGET: zip, ...)
+#
+# -s stops each target after SECONDS of wall time (libFuzzer's -max_total_time); -c instead stops it (SIGINT,
+# so libFuzzer still prints its final statistics and exits 72) once its CPU time, libhdf5 children included,
+# reaches CPU_SECONDS, however busy the machine is: -c 3600 is the CPU-hour per target.
 #
 # DIR (default fuzz-runs) keeps DIR/<target>/corpus between runs, so a second run continues the first;
 # DIR/<target>/crash-*, leak-*, timeout-*, oom-* are findings (slow-unit-* are not: a busy machine makes
@@ -11,18 +15,28 @@
 # of S seconds on C cores give each about S*C/N CPU seconds.
 set -euo pipefail
 seconds=3600
+cpu_limit=
 dir=fuzz-runs
 build=build/fuzz
-while getopts "s:d:b:" opt; do
+while getopts "s:c:d:b:" opt; do
   case $opt in
     s) seconds=$OPTARG ;;
+    c) cpu_limit=$OPTARG seconds=0 ;; # 0: no wall-time limit
     d) dir=$OPTARG ;;
     b) build=$OPTARG ;;
     *) exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-[ $# -gt 0 ] || { echo "usage: $0 [-s SECONDS] [-d DIR] [-b BUILD] TARGET..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 [-s SECONDS | -c CPU_SECONDS] [-d DIR] [-b BUILD] TARGET..." >&2; exit 2; }
+
+# CPU seconds of a process and of the children it has waited for (/proc/PID/stat: utime, stime, cutime,
+# cstime, in clock ticks, after the command name in parentheses).
+cpu_seconds() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  awk -v hz="$(getconf CLK_TCK)" '{ print int(($12 + $13 + $14 + $15) / hz) }' <<<"${stat##*) }"
+}
 
 for t in "$@"; do
   bin=$build/tests/fuzz/fuzz_$t
@@ -47,7 +61,16 @@ for t in "$@"; do
   start=$(date +%s)
   set +e
   /usr/bin/time -o "$run.time" -f "%U %S" "$bin" -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=$timeout "${dict_option[@]}" -print_final_stats=1 \
-    -artifact_prefix="$out/" "$out/corpus" "$seeds" >"$log" 2>&1
+    -artifact_prefix="$out/" "$out/corpus" "$seeds" >"$log" 2>&1 &
+  timer=$!
+  if [ -n "$cpu_limit" ]; then
+    while kill -0 "$timer" 2>/dev/null; do
+      sleep 5
+      fuzzer=$(pgrep -P "$timer" | head -1)
+      [ -n "$fuzzer" ] && [ "$(cpu_seconds "$fuzzer")" -ge "$cpu_limit" ] && kill -INT "$fuzzer"
+    done
+  fi
+  wait "$timer"
   rc=$?
   set -e
   took=$(($(date +%s) - start))
