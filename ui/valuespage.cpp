@@ -81,7 +81,7 @@ void ValuesPage::showTensor(const LoadedPtr& loaded, int tensor) {
             auto file = ck.sources[source].file;
             watcher->setFuture(QtConcurrent::run([file] {
                 try {
-                    file->ensureReadable(0);
+                    file->ensureReadable();
                 } catch (const Error&) {
                 }
             }));

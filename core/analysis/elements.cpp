@@ -139,7 +139,7 @@ TensorReader::TensorReader(CheckpointPtr checkpoint, const TensorInfo& tensor)
     if (m_base > m_file->size() || s.nbytes > m_file->size() - m_base)
         throw Error(ErrorCode::OutOfBounds, "storage '" + s.key + "' lies outside the file", src.path, m_base,
                     m_tensor.name);
-    m_file->ensureReadable(m_base + s.nbytes, m_tensor.name);
+    m_file->ensureReadable(m_tensor.name);
     if (block) {
         // Blocks are decoded in file order, which is the logical row-major order only for a contiguous
         // tensor that starts on a block boundary (every GGUF tensor does).
@@ -836,10 +836,25 @@ bool TensorReader::forEachChunk(const std::function<bool(std::span<const double>
     if (m_numel == 0)
         return true;
     verifyChecksum();
-    if (m_tensor.chunkSet >= 0)
-        return forEachPartChunk(fn, chunk);
-    if (isBlockDType(m_tensor.dtype))
-        return forEachBlockChunk(fn, chunk);
+    const bool finished = m_tensor.chunkSet >= 0         ? forEachPartChunk(fn, chunk)
+                          : isBlockDType(m_tensor.dtype) ? forEachBlockChunk(fn, chunk)
+                                                         : forEachStridedChunk(fn, chunk);
+    // The constructor checked the file before the first value; values read while a job wrote over the file
+    // are no values of it, so it is checked again after the last (Error(Changed)).
+    if (finished)
+        ensureUnchanged();
+    return finished;
+}
+
+void TensorReader::ensureUnchanged() const {
+    for (const Part& part : m_parts)
+        part.reader->ensureUnchanged();
+    if (m_file)
+        m_file->ensureReadable(m_tensor.name);
+}
+
+bool TensorReader::forEachStridedChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
+                                       std::size_t chunk) const {
     const std::size_t elsize = dtypeSize(m_tensor.dtype);
     // Coalesce dimensions so that contiguous tensors become one run and size-1 dimensions vanish.
     std::vector<std::int64_t> shape, strides;

@@ -34,7 +34,8 @@ public:
     std::complex<double> elementComplex(std::uint64_t index) const;
 
     // Visits all elements in row-major order in chunks; fn returns false to stop. Returns false when stopped.
-    // Throws Error(Changed) if the file was truncated underneath the mapping.
+    // Throws Error(Changed) if the file was truncated underneath the mapping, or truncated or written to
+    // by the time the last value was read (what fn saw then is no data of the file).
     bool forEachChunk(const std::function<bool(std::span<const double> values, std::uint64_t firstIndex)>& fn,
                       std::size_t chunk = 16384) const;
 
@@ -43,6 +44,10 @@ public:
     // they differ. forEachChunk() calls it before the first value; element() does not (one value would
     // cost a pass over the whole storage).
     void verifyChecksum() const;
+
+    // Throws Error(Changed) when a file the tensor is read from is no longer what was opened (truncated or
+    // written to): code that reads the bytes itself calls it after the last value, as forEachChunk() does.
+    void ensureUnchanged() const;
 
     // Entry point for the SIGBUS-guarded conversion; not for general use.
     void convertJob(const std::uint8_t* src, std::int64_t strideBytes, std::size_t n,
@@ -56,6 +61,8 @@ private:
     void initChunks(const std::string& fileName);
     // Chunked tensors: the chunk holding a row-major element of the whole tensor, and the index in it.
     const Part& partOf(std::uint64_t index, std::uint64_t* local) const;
+    bool forEachStridedChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
+                             std::size_t chunk) const;
     bool forEachPartChunk(const std::function<bool(std::span<const double>, std::uint64_t)>& fn,
                           std::size_t chunk) const;
     // n consecutive row-major elements starting at `first`.

@@ -235,12 +235,16 @@ bool MappedFile::changedOnDisk() const {
     return now.st_ino != m_inode || now.st_dev != m_device;
 }
 
-void MappedFile::ensureReadable(std::uint64_t end, const std::string& object) const {
+void MappedFile::ensureReadable(const std::string& object) const {
     if (m_fd < 0)
         return loadIfLazy(); // in memory: the bytes of a lazy source are produced now
     struct stat st {};
-    if (fstat(m_fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < end || lostPages())
+    if (fstat(m_fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < m_size || lostPages())
         throw Error(ErrorCode::Changed, "the file was truncated on disk after it was opened; reload it",
+                    m_path, {}, object);
+    // Written to in place (a job saving over it): the mapping shows the new bytes at the old offsets.
+    if (static_cast<std::uint64_t>(st.st_size) != m_size || mtimeNs(st) != m_mtimeNs)
+        throw Error(ErrorCode::Changed, "the file was modified on disk after it was opened; reload it",
                     m_path, {}, object);
 }
 

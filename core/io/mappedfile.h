@@ -48,9 +48,12 @@ public:
     // True when a read outside the guards hit pages lost to a truncation: the SIGBUS handler mapped zeros
     // there so that the read went on instead of killing the process, and what it read is no data.
     bool lostPages() const;
-    // Throws Error(Changed), naming `object` (the tensor about to be read), when the file shrank below `end`
-    // or lost pages.
-    void ensureReadable(std::uint64_t end, const std::string& object = {}) const;
+    // Throws Error(Changed), naming `object` (the tensor about to be read or just read), when the file is
+    // no longer what was mapped: it shrank or lost pages ("truncated"), or it was written to since it was
+    // opened, its size or modification time changed ("modified"; the mapping would show the new bytes at
+    // the old offsets). A file replaced by rename keeps its mapped bytes and passes. For a lazy source,
+    // produces its bytes (or throws their error).
+    void ensureReadable(const std::string& object = {}) const;
 
     // Tells the kernel this process is done with [offset, offset + n) for now: the pages leave our resident
     // set (they stay in the page cache), so streaming over a large file keeps memory bounded.

@@ -8,6 +8,7 @@
 
 #include "testutil.h"
 
+#include "analysis/elements.h"
 #include "analysis/stats.h"
 #include "analysis/torchstats/loader.h"
 #include "formats/keras.h"
@@ -30,6 +31,7 @@
 
 #include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 using namespace testutil;
@@ -160,6 +162,7 @@ private Q_SLOTS:
     void fuzzFindings_data();
     void fuzzFindings();
     void unguardedReadOfLostPage();
+    void modifiedInPlaceIsRefused();
     void hdf5ReaderAnswerIsChecked_data();
     void hdf5ReaderAnswerIsChecked();
 };
@@ -426,11 +429,98 @@ void TestCorruption::unguardedReadOfLostPage() {
     QVERIFY(file->changedOnDisk());
     QVERIFY(!file->copyGuarded(100, 1, &byte)); // even where the page is still there: the file is not whole
     try {
-        file->ensureReadable(200);
+        file->ensureReadable();
         QFAIL("ensureReadable passed on a file with lost pages");
     } catch (const ckpt::Error& e) {
         QCOMPARE(int(e.code()), int(ckpt::ErrorCode::Changed));
     }
+}
+
+void TestCorruption::modifiedInPlaceIsRefused() {
+    // A job writing over an open checkpoint in place (same size, new bytes) leaves the mapping showing the
+    // new bytes at the old offsets: reading a tensor then is Error(Changed) "modified", before the first
+    // value or, when the write comes while the tensor is read, after the last. A file replaced by rename
+    // keeps the bytes that were opened, which read as before. Modification times are set explicitly (whole
+    // seconds apart), as a coarse file system clock could give a write the time of the one before.
+    QTemporaryDir tmp;
+    QVERIFY(tmp.isValid());
+    const std::string path = tmp.path().toStdString() + "/f32.npy";
+    // numpy.save of numpy.arange(12, dtype=float32).reshape(3, 4): the 48 data bytes end the file
+    const std::string original = readFile(kSeeds + "/npy/f32.npy");
+    const std::size_t dataAt = original.size() - 48;
+    const auto setMtime = [](const std::string& p, long seconds) {
+        const struct timespec times[2] = {{seconds, 0}, {seconds, 0}};
+        QCOMPARE(::utimensat(AT_FDCWD, p.c_str(), times, 0), 0);
+    };
+    const auto writeWhole = [&](const std::string& p, const std::string& bytes, long mtime) {
+        std::ofstream(p, std::ios::binary) << bytes;
+        setMtime(p, mtime);
+    };
+    const auto writeInPlace = [&](float value, long mtime) { // the first element, same size, new time
+        std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+        f.seekp(static_cast<std::streamoff>(dataAt));
+        f.write(reinterpret_cast<const char*>(&value), sizeof value);
+        f.close();
+        setMtime(path, mtime);
+    };
+    const auto maxOf = [](const ckpt::CheckpointPtr& ck) {
+        return ckpt::computeStats(ck, ck->tensors.at(0), 8, {}).value().max;
+    };
+    const auto expectModified = [](const std::function<void()>& read) {
+        try {
+            read();
+            QFAIL("read the tensor of a file modified since it was opened");
+        } catch (const ckpt::Error& e) {
+            QCOMPARE(int(e.code()), int(ckpt::ErrorCode::Changed));
+            QCOMPARE(QString::fromStdString(e.message()),
+                     QStringLiteral("the file was modified on disk after it was opened; reload it"));
+        }
+    };
+    writeWhole(path, original, 1'000'000'000);
+
+    // Replaced by rename: the old bytes stay mapped and read right; the file says it changed.
+    auto ck = ckpt::openCheckpoint(path);
+    QCOMPARE(maxOf(ck), 11.0);
+    std::string doubled = original;
+    const float big = 1000.0f;
+    std::memcpy(doubled.data() + dataAt, &big, sizeof big);
+    writeWhole(path + ".new", doubled, 1'000'000'001);
+    QCOMPARE(::rename((path + ".new").c_str(), path.c_str()), 0);
+    QVERIFY(ck->sources.front().file->changedOnDisk());
+    QCOMPARE(maxOf(ck), 11.0);
+
+    // Written in place after the open: refused before the first value.
+    ck = ckpt::openCheckpoint(path);
+    QCOMPARE(maxOf(ck), 1000.0);
+    writeInPlace(2000.0f, 1'000'000'002);
+    QVERIFY(ck->sources.front().file->changedOnDisk());
+    expectModified([&] { maxOf(ck); });
+    expectModified([&] { ckpt::TensorReader(ck, ck->tensors.at(0)); });
+
+    // Written in place while the tensor is read: the reader saw the new value, and says so at the end.
+    ck = ckpt::openCheckpoint(path);
+    const ckpt::TensorReader reader(ck, ck->tensors.at(0));
+    std::vector<double> seen;
+    expectModified([&] {
+        reader.forEachChunk(
+            [&](std::span<const double> values, std::uint64_t first) {
+                if (first == 0)
+                    writeInPlace(3000.0f, 1'000'000'003);
+                seen.insert(seen.end(), values.begin(), values.end());
+                return true;
+            },
+            4);
+    });
+    QCOMPARE(seen.size(), std::size_t{12}); // every value went by, the first one before the write
+    QCOMPARE(seen.front(), 2000.0);
+    QCOMPARE(seen.back(), 11.0);
+
+    // Only the modification time changed (touch): the bytes may be the same, but nothing says so.
+    ck = ckpt::openCheckpoint(path);
+    setMtime(path, 1'000'000'004);
+    expectModified([&] { maxOf(ck); });
+    ck = ckpt::openCheckpoint(path);
+    QCOMPARE(maxOf(ck), 3000.0);
 }
 
 // The HDF5 child's answer (fuzz seed keras/wire.bin after its mode byte): a dataset in the image at offset 0

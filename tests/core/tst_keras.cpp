@@ -251,6 +251,13 @@ void TestKeras::chunkedReadFails() {
     const std::string want = expected.toStdString().replace(expected.indexOf("FILE"), 4, path);
     QCOMPARE(QString::fromStdString(readError(ck, ck->tensors[1])), QString::fromStdString(want));
     QCOMPARE(QString::fromStdString(readError(ck, ck->tensors[1])), QString::fromStdString(want));
+    if (how == "after") { // written over in place: the mapped dataset beside it is refused too
+        QCOMPARE(QString::fromStdString(readError(ck, ck->tensors[0])),
+                 QString::fromStdString("changed | " + path +
+                                        " | layers.d.vars.0 | the file was modified on disk after it was "
+                                        "opened; reload it"));
+        return;
+    }
     ckpt::TensorReader r0(ck, ck->tensors[0]);
     QCOMPARE(r0.element(0), 1.5);
     QCOMPARE(r0.element(1), -2.0);

@@ -204,8 +204,9 @@ std::optional<TensorStats> computeStatsWithPlugin(const CheckpointPtr& checkpoin
 
     const StorageInfo& s = checkpoint->storages[static_cast<std::size_t>(tensor.storage)];
     const MappedFile& file = *checkpoint->sources[static_cast<std::size_t>(s.source)].file;
-    // As TensorReader does: the whole storage must still be in the file (Error(Changed) otherwise).
-    file.ensureReadable(s.fileOffset + s.nbytes, tensor.name);
+    // As TensorReader does: the file must still be what was opened (Error(Changed) otherwise), before the
+    // values are read and after.
+    file.ensureReadable(tensor.name);
     verifyStorageChecksum(checkpoint, tensor); // as TensorReader does before the first value
 
     const std::size_t n = static_cast<std::size_t>(std::max(bins, 1));
@@ -241,6 +242,7 @@ std::optional<TensorStats> computeStatsWithPlugin(const CheckpointPtr& checkpoin
                     {}, tensor.name);
     if (rc != CKPT_STATS_OK) // unsupported or failed: the portable path gives the answer (or the error)
         return computeStats(checkpoint, tensor, bins, progress);
+    file.ensureReadable(tensor.name); // written to while the plugin read it: what it read is no data
 
     if (byPlugin)
         *byPlugin = true;
