@@ -17,12 +17,6 @@
 namespace ckpt::ui {
 namespace {
 
-constexpr int kStatuses = 6; // five DiffStatus values and pending
-
-int slot(int status) {
-    return status == DiffModel::kPending ? 5 : status;
-}
-
 // A round badge with a sign: + added, − removed, ~ changed, = same, ! error, … pending.
 QIcon statusIcon(int status) {
     static std::map<int, QIcon> cache;
