@@ -51,6 +51,11 @@ constexpr std::uint64_t kMaxReadTotal = 4ull << 30;
 constexpr std::uint64_t kMaxJson = 64ull << 20;
 constexpr int kMaxJsonDepth = 256;
 constexpr std::uint64_t kMaxInflated = 64ull << 30;
+// Address space an HDF5 child may take beyond what it has when it starts, to read a file's structure
+// (attributes and JSON of up to 64 MiB each, the answer); one that reads a dataset of n bytes gets 2n more.
+// Damaged heaps make libhdf5 ask for gigabytes (a 13 KB file: 4 GiB, all of it cleared) before it sees the
+// damage; past this, the allocation fails and libhdf5 reports an error instead.
+constexpr std::uint64_t kChildHeadroom = 1ull << 30;
 
 // Where the HDF5 file of a checkpoint lies, for reading it at opening and its datasets later.
 struct Origin {
@@ -1060,7 +1065,8 @@ bool writeAll(int fd, const char* p, std::size_t n) {
 }
 
 // In the child: runs `work`, whose answer (or the Error it throws) goes to the parent over `fd`.
-[[noreturn]] void childMain(int fd, const std::function<std::string()>& work, pid_t parent) {
+[[noreturn]] void childMain(int fd, const std::function<std::string()>& work, pid_t parent,
+                            std::uint64_t memory) {
     // Never outlive the process that waits for the answer: a libhdf5 caught in a loop by a hostile file would
     // otherwise spin on, holding whatever the parent shared with it (its output pipes, for one).
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -1068,13 +1074,12 @@ bool writeAll(int fd, const char* p, std::size_t n) {
         _exit(4);
     g_heartbeatFd = fd;
 #if !defined(__SANITIZE_ADDRESS__)
-    // Corrupted variable-length data makes libhdf5 allocate and clear absurd sizes; bound the child's address
-    // space to what it may legitimately need (datasets read into memory, twice while they are sent).
+    // Corrupted heaps and variable-length data make libhdf5 allocate and clear absurd sizes; bound the
+    // child's address space to what its work may legitimately need (`memory` beyond what it has now).
     if (FILE* statm = std::fopen("/proc/self/statm", "r")) {
         unsigned long long pages = 0;
         if (std::fscanf(statm, "%llu", &pages) == 1) {
-            const rlim_t limit = pages * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)) +
-                                 2 * kMaxReadTotal + (1ull << 30);
+            const rlim_t limit = pages * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)) + memory;
             const rlimit rl{limit, limit};
             ::setrlimit(RLIMIT_AS, &rl);
         }
@@ -1106,9 +1111,11 @@ std::atomic<int> g_childTimeoutMs{60'000};
 
 // libhdf5 1.10 is not hardened against hostile files, so it only ever runs in a forked child: `work` runs
 // there and its answer comes back over a pipe, heartbeats removed. A child that dies or hangs becomes an
-// Error naming `path`. `expected`: the answer's likely size, reserved up front.
+// Error naming `path`. `memory`: the address space the child may take beyond its own at the fork (not
+// enforced under AddressSanitizer, whose shadow memory needs terabytes). `expected`: the answer's likely
+// size, reserved up front.
 std::string runIsolated(const std::string& path, std::uint64_t base, const std::function<std::string()>& work,
-                        std::size_t expected = 0) {
+                        std::uint64_t memory, std::size_t expected = 0) {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0)
         throw Error(ErrorCode::Io, std::string("cannot create a pipe: ") + std::strerror(errno), path, base);
@@ -1126,7 +1133,7 @@ std::string runIsolated(const std::string& path, std::uint64_t base, const std::
     }
     if (pid == 0) {
         ::close(fds[0]);
-        childMain(fds[1], work, parent);
+        childMain(fds[1], work, parent, memory);
     }
     ::close(fds[1]);
     std::string bytes;
@@ -1183,15 +1190,18 @@ std::string runIsolated(const std::string& path, std::uint64_t base, const std::
 }
 
 std::string readImage(Checkpoint& ck, const Origin& origin, int source) {
-    std::string bytes = runIsolated(origin.path, origin.base, [&] {
-        Checkpoint tmp;
-        tmp.arena = std::make_shared<ValueArena>();
-        H5Reader r(tmp, origin.image, origin.size, origin.base, -1, origin.path, origin.onDisk);
-        const std::string detail = r.read();
-        Wire w;
-        serialize(w, tmp, detail);
-        return std::move(w.bytes());
-    });
+    std::string bytes = runIsolated(
+        origin.path, origin.base,
+        [&] {
+            Checkpoint tmp;
+            tmp.arena = std::make_shared<ValueArena>();
+            H5Reader r(tmp, origin.image, origin.size, origin.base, -1, origin.path, origin.onDisk);
+            const std::string detail = r.read();
+            Wire w;
+            serialize(w, tmp, detail);
+            return std::move(w.bytes());
+        },
+        kChildHeadroom);
     return decodeAnswer(bytes, ck, source, origin.path, origin.base, &origin);
 }
 
@@ -1279,7 +1289,7 @@ std::shared_ptr<const MappedFile> lazyDataset(const Origin& origin, const std::s
         try {
             bytes = runIsolated(
                 origin.path, origin.base, [&] { return readDataset(origin, h5path, nbytes); },
-                static_cast<std::size_t>(nbytes) + 16 + 4096); // and heartbeats
+                2 * nbytes + kChildHeadroom, static_cast<std::size_t>(nbytes) + 16 + 4096); // and heartbeats
         } catch (const Error& e) {
             throw Error(e.code(), "HDF5 dataset '" + h5path + "': " + e.message(), e.file(), {}, object);
         }

@@ -272,6 +272,14 @@ private:
             if (!snappy::GetUncompressedLength(src, stored.size(), &n))
                 throw Error(ErrorCode::Malformed,
                             "corrupted compressed block contents in " + what + " (Snappy)", path, h.offset);
+            // Snappy's densest element, a 3-byte copy of 64 bytes, expands 64:3; a block declaring more is
+            // refused before its buffer is allocated and cleared.
+            if (n / 64 * 3 > stored.size())
+                throw Error(ErrorCode::Malformed,
+                            what + " declares " + std::to_string(n) + " bytes from " +
+                                std::to_string(stored.size()) +
+                                " compressed bytes, more than Snappy's densest encoding (64:3) can hold",
+                            path, h.offset);
             if (n > kMaxBlockBytes)
                 throw Error(ErrorCode::Limit,
                             what + " decompresses to " + std::to_string(n) +

@@ -293,6 +293,13 @@ void TestTfBundle::malformed_data() {
         p.data = "\x05\xfe\x01";
         row("corrupt snappy data block", buildTable(p), goodShard(),
             "corrupted compressed block contents in data block 0");
+        // 200 MiB declared by 4 bytes: Snappy's densest copy (3 bytes for 64) cannot hold it, refused before
+        // its buffer is allocated and cleared.
+        p.data = varint(200u << 20) + std::string("\xfe\x01\x00", 3);
+        row("snappy block declaring more than 64:3", buildTable(p), goodShard(),
+            "data block 0 declares 209715200 bytes from 7 compressed bytes, more than Snappy's densest "
+            "encoding "
+            "(64:3) can hold");
     }
     row("no bundle header", table({{"w", entry(1, {3}, 0, 12)}}), goodShard(), "table has no bundle header");
     row("v1 saver table", table({{"", fieldBytes(1, fieldBytes(1, "x"))}, {"w", "junk"}}), goodShard(),
