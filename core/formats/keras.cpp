@@ -51,11 +51,14 @@ constexpr std::uint64_t kMaxReadTotal = 4ull << 30;
 constexpr std::uint64_t kMaxJson = 64ull << 20;
 constexpr int kMaxJsonDepth = 256;
 constexpr std::uint64_t kMaxInflated = 64ull << 30;
-// Address space an HDF5 child may take beyond what it has when it starts, to read a file's structure
-// (attributes and JSON of up to 64 MiB each, the answer); one that reads a dataset of n bytes gets 2n more.
+// Address space an HDF5 child may take beyond what it has when it starts. Reading a file's structure takes
+// 1 GiB (attributes and JSON of up to 64 MiB each, the answer) and 32 bytes per byte of the file, up to
+// 9 GiB: a file of 100,000 datasets (262 MB) took 540 MB. Reading a dataset of n bytes takes 1 GiB and 2n.
 // Damaged heaps make libhdf5 ask for gigabytes (a 13 KB file: 4 GiB, all of it cleared) before it sees the
 // damage; past this, the allocation fails and libhdf5 reports an error instead.
 constexpr std::uint64_t kChildHeadroom = 1ull << 30;
+constexpr std::uint64_t kChildPerFileByte = 32;
+constexpr std::uint64_t kChildMaxHeadroom = 9ull << 30;
 
 // Where the HDF5 file of a checkpoint lies, for reading it at opening and its datasets later.
 struct Origin {
@@ -1201,7 +1204,7 @@ std::string readImage(Checkpoint& ck, const Origin& origin, int source) {
             serialize(w, tmp, detail);
             return std::move(w.bytes());
         },
-        kChildHeadroom);
+        std::min(kChildHeadroom + kChildPerFileByte * origin.size, kChildMaxHeadroom));
     return decodeAnswer(bytes, ck, source, origin.path, origin.base, &origin);
 }
 
